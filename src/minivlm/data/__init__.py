@@ -1,0 +1,1 @@
+"""Data: records, chat templates, images and the built-in synthetic task."""

@@ -1,0 +1,107 @@
+"""LightningDataModules that turn records into `Batch`es through the model's Processor."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+
+from minivlm.data.images import ImageInput
+from minivlm.data.synthetic import ShapesTask
+from minivlm.data.templates import Turn
+from minivlm.model.batch import Batch
+from minivlm.model.processor import Processor
+
+Record = tuple[list[Turn], list[ImageInput]]
+
+
+class ShapesDataset(Dataset):
+    """`size` samples of the shapes task as one-turn conversations with one image each.
+
+    With `blank_images` every image is replaced by a black one of the same size: the
+    text-only baseline, which shows how much an answer owes to the image.
+    """
+
+    def __init__(self, task: ShapesTask, size: int, blank_images: bool = False) -> None:
+        self.task = task
+        self.size = size
+        self.blank_images = blank_images
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> Record:
+        sample = self.task.sample(index)
+        image = np.zeros_like(sample.image) if self.blank_images else sample.image
+        turns = [Turn("user", f"<image> {sample.question}"), Turn("assistant", sample.answer)]
+        return turns, [image]
+
+
+class Collate:
+    """Batches records with a Processor (a class, not a closure, so DataLoader workers can pickle it)."""
+
+    def __init__(self, processor: Processor) -> None:
+        self.processor = processor
+
+    def __call__(self, records: list[Record]) -> Batch:
+        return self.processor([turns for turns, _ in records], [images for _, images in records])
+
+
+class ShapesDataModule(L.LightningDataModule):
+    """The built-in synthetic shapes VQA task (`minivlm.data.synthetic`), split by seed:
+    train uses `seed`, validation `seed + 1`, test `seed + 2`.
+
+    The Processor comes from the LightningModule being trained (`module.processor`), so
+    tokenizer, template and image size always match the model.
+    """
+
+    def __init__(
+        self,
+        train_size: int = 50_000,
+        val_size: int = 500,
+        test_size: int = 500,
+        image_size: int = 32,
+        seed: int = 0,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        blank_images: bool = False,
+    ) -> None:
+        super().__init__()
+        self.train_size = train_size
+        self.val_size = val_size
+        self.test_size = test_size
+        self.image_size = image_size
+        self.seed = seed
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.blank_images = blank_images
+        self.collate: Collate | None = None
+
+    def setup(self, stage: str) -> None:
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        processor = getattr(module, "processor", None)
+        if not isinstance(processor, Processor):
+            raise TypeError("ShapesDataModule needs a LightningModule with a `processor` (e.g. MiniVLMModule)")
+        self.collate = Collate(processor)
+
+    def _loader(self, seed_offset: int, size: int, shuffle: bool) -> DataLoader:
+        if self.collate is None:
+            raise RuntimeError("ShapesDataModule.setup() has not run")
+        dataset = ShapesDataset(ShapesTask(self.image_size, self.seed + seed_offset), size, self.blank_images)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=self.collate,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(0, self.train_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(1, self.val_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(2, self.test_size, shuffle=False)

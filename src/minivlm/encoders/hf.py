@@ -1,0 +1,180 @@
+"""Vision encoders from transformers: CLIP and SigLIP vision towers."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    PretrainedConfig,
+    PreTrainedModel,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
+
+from minivlm.encoders.base import ImageSpec, VisionEncoder
+
+
+@dataclass(frozen=True)
+class _Family:
+    """What differs between the supported vision towers."""
+
+    config_cls: type[PretrainedConfig]
+    model_cls: type[PreTrainedModel]
+    has_cls: bool
+    pre_norm: str | None  # name of the LayerNorm applied to the embeddings before the first layer
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+_CLIP = _Family(
+    config_cls=CLIPVisionConfig,
+    model_cls=CLIPVisionModel,
+    has_cls=True,
+    pre_norm="pre_layrnorm",
+    mean=(0.48145466, 0.4578275, 0.40821073),
+    std=(0.26862954, 0.26130258, 0.27577711),
+)
+_SIGLIP = _Family(
+    config_cls=SiglipVisionConfig,
+    model_cls=SiglipVisionModel,
+    has_cls=False,
+    pre_norm=None,
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+)
+
+# A `config` dict describes the vision tower itself; a `pretrained` checkpoint may also be
+# the full image-text model, whose vision part is taken.
+_CONFIG_FAMILIES = {"clip_vision_model": _CLIP, "siglip_vision_model": _SIGLIP}
+_PRETRAINED_FAMILIES = {**_CONFIG_FAMILIES, "clip": _CLIP, "siglip": _SIGLIP}
+
+
+def _family(model_type: Any, families: dict[str, _Family], source: str) -> _Family:
+    if model_type not in families:
+        raise ValueError(
+            f"HFVisionEncoder does not support model_type {model_type!r} (from {source}); "
+            f"supported: {', '.join(sorted(families))}"
+        )
+    return families[model_type]
+
+
+def _square(value: int | list[int] | tuple[int, ...], name: str) -> int:
+    """Reads a size that may be an int or an (h, w) pair; only square sizes are supported."""
+    if isinstance(value, int):
+        return value
+    if len(value) == 2 and value[0] == value[1]:
+        return int(value[0])
+    raise ValueError(f"HFVisionEncoder supports square {name} only, got {value!r}")
+
+
+class HFVisionEncoder(VisionEncoder):
+    """A CLIP or SigLIP vision tower from transformers, cut at the feature layer.
+
+    Give exactly one of ``config`` (a transformers vision config as a dict, with
+    ``model_type`` "clip_vision_model" or "siglip_vision_model"; random weights) or
+    ``pretrained`` (a Hub id or local directory of a vision model or of a full CLIP /
+    SigLIP model, whose vision part is taken).
+
+    Features are ``hidden_states[select_layer]`` in the transformers convention
+    (``hidden_states[0]`` is the embedding output, after CLIP's pre-LayerNorm; -1 is the
+    last layer). Layers after it are removed, the post-LayerNorm is never applied and
+    SigLIP's pooling head is not kept. ``drop_cls`` None drops CLIP's CLS token and keeps
+    all of SigLIP's tokens (it has none); with ``drop_cls=False`` on CLIP, N is
+    ``1 + grid[0] * grid[1]`` with the CLS token first.
+
+    ``hf_config`` is the vision config as given or loaded, before truncation.
+    """
+
+    def __init__(
+        self,
+        config: dict | None = None,
+        pretrained: str | None = None,
+        select_layer: int = -2,
+        drop_cls: bool | None = None,
+        trainable: bool = False,
+    ) -> None:
+        super().__init__(trainable=trainable)
+        if (config is None) == (pretrained is None):
+            got = "both" if config is not None else "neither"
+            raise ValueError(
+                "HFVisionEncoder needs exactly one of `config` (a vision config dict) or "
+                f"`pretrained` (a Hub id or local path), got {got}"
+            )
+        if config is not None:
+            family = _family(config.get("model_type"), _CONFIG_FAMILIES, "config")
+            hf_config = family.config_cls.from_dict(copy.deepcopy(config))
+        else:
+            model_type = PretrainedConfig.get_config_dict(pretrained)[0].get("model_type")
+            family = _family(model_type, _PRETRAINED_FAMILIES, str(pretrained))
+            # The vision config class reads a full model's `vision_config` by itself.
+            hf_config = family.config_cls.from_pretrained(pretrained)
+
+        if drop_cls is None:
+            drop_cls = family.has_cls
+        elif drop_cls and not family.has_cls:
+            raise ValueError(f"drop_cls=True, but {hf_config.model_type} has no CLS token")
+
+        num_layers = hf_config.num_hidden_layers
+        if not -(num_layers + 1) <= select_layer <= num_layers:
+            raise ValueError(
+                f"select_layer={select_layer} is out of range for {num_layers} layers: hidden_states has "
+                f"{num_layers + 1} entries (0 = embeddings), so use {-(num_layers + 1)}..{num_layers}"
+            )
+        keep = select_layer % (num_layers + 1)
+
+        build_config = copy.deepcopy(hf_config)
+        if config is not None:
+            build_config.num_hidden_layers = keep
+            if family is _SIGLIP:
+                build_config.vision_use_head = False
+            model = family.model_cls._from_config(build_config, attn_implementation="sdpa")
+        else:
+            # Load in the default dtype, as a model built from `config` is, whatever the checkpoint stores.
+            model = family.model_cls.from_pretrained(
+                pretrained, config=build_config, attn_implementation="sdpa", dtype=torch.get_default_dtype()
+            )
+            model.encoder.layers = model.encoder.layers[:keep]
+            model.config.num_hidden_layers = keep
+            if family is _SIGLIP and model.use_head:
+                del model.head
+                model.use_head = model.config.vision_use_head = False
+        # Never applied; removing it keeps unused parameters out of optimizers and DDP.
+        model.post_layernorm = nn.Identity()
+
+        self.vision_model = model
+        self.hf_config = hf_config
+        self.select_layer = select_layer
+        self.drop_cls = drop_cls
+        self._pre_norm = family.pre_norm
+        self.feature_dim = hf_config.hidden_size
+        image_size = _square(hf_config.image_size, "image_size")
+        side = image_size // _square(hf_config.patch_size, "patch_size")
+        self.grid = (side, side)
+        self.image_spec = ImageSpec(size=image_size, mean=family.mean, std=family.std)
+        self.freeze_if_needed()
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        hidden = self.vision_model.embeddings(pixels)
+        if self._pre_norm is not None:
+            hidden = getattr(self.vision_model, self._pre_norm)(hidden)
+        hidden = self.vision_model.encoder(inputs_embeds=hidden).last_hidden_state
+        return hidden[:, 1:] if self.drop_cls else hidden
+
+    def shard_units(self) -> list[nn.Module]:
+        """The encoder blocks, each a unit for FSDP sharding and activation checkpointing."""
+        return list(self.vision_model.encoder.layers)
+
+    def init_args_for_export(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild this architecture from a config alone, without downloading."""
+        return {
+            "config": self.hf_config.to_dict(),
+            "select_layer": self.select_layer,
+            "drop_cls": self.drop_cls,
+            "trainable": self.trainable,
+        }

@@ -1,0 +1,5 @@
+"""Evaluation: metrics."""
+
+from minivlm.eval.metrics import ExactMatch
+
+__all__ = ["ExactMatch"]

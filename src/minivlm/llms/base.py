@@ -1,0 +1,50 @@
+"""The contract every language model fulfils."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class LanguageModel(nn.Module):
+    """A causal LM that consumes embeddings: (B, T, D) -> logits (B, T, V), with a KV cache.
+
+    Besides `forward`, it exposes what the rest of the model composes with: its width
+    (`hidden_size`), its embedding table (`embed`), and, for pre-fusion built from the
+    LLM's own layers, `decoder_layers`, `decoder_layer_class`, `layer_config` and a
+    `rotary_embedding` module that maps position ids to the layers' (cos, sin).
+    """
+
+    hidden_size: int
+    vocab_size: int
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def decoder_layers(self) -> nn.ModuleList:
+        raise NotImplementedError
+
+    @property
+    def decoder_layer_class(self) -> type[nn.Module]:
+        return type(self.decoder_layers[0])
+
+    @property
+    def layer_config(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def rotary_embedding(self) -> nn.Module:
+        raise NotImplementedError
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: Any = None,
+        use_cache: bool = False,
+    ) -> tuple[torch.Tensor, Any]:
+        raise NotImplementedError

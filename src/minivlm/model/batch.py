@@ -1,0 +1,70 @@
+"""The one type that crosses the data -> model boundary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+# Token id that marks where a media item goes. It is not a vocabulary entry (as in the
+# LLaVA release), so it can never collide with real text; embedding lookups skip it.
+PLACEHOLDER_ID = -200
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Batch:
+    """A padded batch of tokenised conversations and the pixels of every encoder pass.
+
+    Shapes: B samples, L text positions, P encoder passes.
+
+    - `input_ids` (B, L): token ids, `PLACEHOLDER_ID` where a media item goes, pad elsewhere.
+    - `attention_mask` (B, L) bool: True at real tokens (placeholders included).
+    - `labels` (B, L): target ids at assistant tokens, `IGNORE_INDEX` elsewhere. None at inference.
+    - `prefusion_mask` (B, L) bool: text positions that take part in modality pre-fusion
+      (not padding, not placeholders, not assistant answers).
+    - `pixel_values` (P, 3, H, W) or None for a text-only batch.
+    - `media_passes` (M,) long: for the m-th placeholder in row-major order, how many
+      consecutive encoder passes of `pixel_values` belong to it (1 for a single image).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    prefusion_mask: torch.Tensor
+    labels: torch.Tensor | None = None
+    pixel_values: torch.Tensor | None = None
+    media_passes: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        b, l = self.input_ids.shape
+        for name in ("attention_mask", "prefusion_mask", "labels"):
+            value = getattr(self, name)
+            if value is not None and tuple(value.shape) != (b, l):
+                raise ValueError(f"Batch.{name} has shape {tuple(value.shape)}, expected {(b, l)} like input_ids")
+        placeholders = int((self.input_ids == PLACEHOLDER_ID).sum())
+        media = 0 if self.media_passes is None else len(self.media_passes)
+        if placeholders != media:
+            raise ValueError(f"Batch has {placeholders} media placeholders but {media} media items")
+        passes = 0 if self.pixel_values is None else len(self.pixel_values)
+        wanted = 0 if self.media_passes is None else int(self.media_passes.sum())
+        if passes != wanted:
+            raise ValueError(f"Batch.media_passes asks for {wanted} encoder passes, pixel_values holds {passes}")
+
+    @property
+    def batch_size(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def placeholder_mask(self) -> torch.Tensor:
+        return self.input_ids == PLACEHOLDER_ID
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Batch:
+        """Moves every tensor to `device`; `dtype` applies to pixels only."""
+        moved = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                is_pixels = f.name == "pixel_values" and dtype is not None
+                value = value.to(device=device, dtype=dtype) if is_pixels else value.to(device)
+            moved[f.name] = value
+        return replace(self, **moved)

@@ -1,0 +1,103 @@
+"""LLM input assembly: splice each media item's tokens in at its placeholder.
+
+Pure tensor code (cumulative sums, index puts and `masked_scatter`); no Python loop over
+tokens or samples, so it costs the same on one sample as on a batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from minivlm.model.batch import IGNORE_INDEX, PLACEHOLDER_ID
+
+
+@dataclass
+class LLMInputs:
+    """Right-padded LLM inputs: embeddings (B, T, D), attention mask (B, T) bool, labels
+    (B, T) or None, and `media_mask` (B, T): True where a media token sits."""
+
+    embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor | None
+    media_mask: torch.Tensor
+
+
+def splice_media(
+    text_embeds: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    media_tokens: torch.Tensor | None,
+    tokens_per_item: torch.Tensor | None,
+    labels: torch.Tensor | None = None,
+) -> LLMInputs:
+    """Replaces the m-th placeholder (row-major) by `tokens_per_item[m]` rows of `media_tokens`.
+
+    `text_embeds` (B, L, D) are the embeddings of `input_ids` (values at placeholders are
+    ignored); `media_tokens` (S, D) holds every item's tokens back to back, S =
+    tokens_per_item.sum(). Padding (attention_mask False) is dropped and the result is
+    right-padded to the longest sample.
+    """
+    attention_mask = attention_mask.bool()
+    is_placeholder = (input_ids == PLACEHOLDER_ID) & attention_mask
+    num_placeholders = int(is_placeholder.sum())
+    num_items = 0 if tokens_per_item is None else len(tokens_per_item)
+    if num_placeholders != num_items:
+        raise ValueError(f"input has {num_placeholders} media placeholders but {num_items} media items were encoded")
+    num_tokens = 0 if media_tokens is None else media_tokens.shape[0]
+    wanted = 0 if tokens_per_item is None else int(tokens_per_item.sum())
+    if num_tokens != wanted:
+        raise ValueError(f"media items need {wanted} tokens in total but {num_tokens} media tokens were given")
+
+    b, _, d = text_embeds.shape
+    device = text_embeds.device
+    # Each input position becomes `width` output positions: 1 for text, K for a placeholder, 0 for padding.
+    width = attention_mask.long()
+    if num_items:
+        width = width.masked_scatter(is_placeholder, tokens_per_item.to(device))
+    end = width.cumsum(dim=1)
+    start = end - width
+    lengths = end[:, -1]
+    t = int(lengths.max()) if b else 0
+
+    is_text = attention_mask & ~is_placeholder
+    rows, cols = is_text.nonzero(as_tuple=True)
+    dest = start[rows, cols]
+    embeds = text_embeds.new_zeros(b, t, d)
+    embeds = embeds.index_put((rows, dest), text_embeds[rows, cols])
+
+    # Mark [start, start + K) of every placeholder with +1/-1 boundaries, then integrate.
+    boundaries = torch.zeros(b, t + 1, dtype=torch.long, device=device)
+    if num_items:
+        ph_rows, ph_cols = is_placeholder.nonzero(as_tuple=True)
+        first = start[ph_rows, ph_cols]
+        ones = torch.ones_like(first)
+        boundaries.index_put_((ph_rows, first), ones, accumulate=True)
+        boundaries.index_put_((ph_rows, first + width[ph_rows, ph_cols]), -ones, accumulate=True)
+    media_mask = boundaries.cumsum(dim=1)[:, :t] > 0
+    if num_items:
+        embeds = embeds.masked_scatter(media_mask[..., None], media_tokens.to(embeds.dtype))
+
+    out_mask = torch.arange(t, device=device)[None, :] < lengths[:, None]
+    out_labels = None
+    if labels is not None:
+        out_labels = torch.full((b, t), IGNORE_INDEX, dtype=labels.dtype, device=device)
+        out_labels[rows, dest] = labels[rows, cols]
+    return LLMInputs(embeds=embeds, attention_mask=out_mask, labels=out_labels, media_mask=media_mask)
+
+
+def to_left_padding(embeds: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Turns right-padded (B, T, D) embeddings into left-padded ones for batched generation.
+
+    Returns (embeds, attention_mask, position_ids); positions count real tokens only.
+    """
+    b, t, _ = embeds.shape
+    lengths = attention_mask.long().sum(dim=1)
+    shift = t - lengths
+    steps = torch.arange(t, device=embeds.device)[None, :]
+    source = (steps - shift[:, None]) % t
+    left = embeds.gather(1, source[..., None].expand_as(embeds))
+    left_mask = steps >= shift[:, None]
+    position_ids = (left_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    return left, left_mask, position_ids

@@ -1,0 +1,54 @@
+"""Tiny random models built from configs: no weights, no network."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from minivlm.compressors import QueryCompressor
+from minivlm.data.synthetic import build_shapes_tokenizer
+from minivlm.data.templates import get_template
+from minivlm.encoders import HFVisionEncoder
+from minivlm.fusion import DecoderPreFusion
+from minivlm.llms import HFLanguageModel
+from minivlm.model import MiniVLM, Processor
+from minivlm.projectors import MLPProjector
+
+VISION = 32
+WIDTH = 48
+
+
+def tiny_encoder(**kwargs) -> HFVisionEncoder:
+    config = dict(
+        model_type="clip_vision_model", hidden_size=VISION, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, image_size=32, patch_size=8,
+    )
+    return HFVisionEncoder(config=config, **kwargs)
+
+
+def tiny_llm_config(**overrides) -> dict:
+    return dict(
+        model_type="llama", vocab_size=64, hidden_size=WIDTH, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+    ) | overrides
+
+
+def tiny_vlm(prefusion=None, compressor=None, seed: int = 0, **kwargs) -> MiniVLM:
+    torch.manual_seed(seed)
+    return MiniVLM(
+        encoder=tiny_encoder(trainable=True),
+        compressor=compressor or QueryCompressor(dim=VISION, size=1, num_heads=4),
+        projector=MLPProjector(VISION, WIDTH),
+        prefusion=prefusion or DecoderPreFusion(num_layers=1),
+        llm=HFLanguageModel(config=tiny_llm_config()),
+        **kwargs,
+    )
+
+
+def shapes_processor(model: MiniVLM) -> Processor:
+    return Processor(build_shapes_tokenizer(), get_template("shapes"), model.encoder.image_spec, model.tokens_per_image)
+
+
+@pytest.fixture
+def vlm() -> MiniVLM:
+    return tiny_vlm()

@@ -1,0 +1,90 @@
+"""Pre-fusion: masks, positions, masked slots untouched, init from the LLM's layers."""
+
+import torch
+
+from conftest import WIDTH, tiny_llm_config
+from minivlm.fusion import DecoderPreFusion, NoPreFusion
+from minivlm.fusion.decoder import prefusion_attention_mask, prefusion_positions
+from minivlm.llms import HFLanguageModel
+
+
+def attached(init="random", layers=2) -> DecoderPreFusion:
+    torch.manual_seed(0)
+    fusion = DecoderPreFusion(num_layers=layers, init=init)
+    fusion.attach(HFLanguageModel(config=tiny_llm_config()))
+    return fusion
+
+
+def test_positions_count_only_fused_text():
+    fuse = torch.tensor([[True, False, True, True, False]])
+    assert prefusion_positions(3, fuse).tolist() == [[0, 1, 2, 3, 3, 4, 5, 5]]
+
+
+def test_mask_is_causal_and_hides_masked_text():
+    fuse = torch.tensor([[True, False, True]])
+    allowed = prefusion_attention_mask(2, fuse, torch.float32)[0, 0] == 0
+    expected = torch.tensor([
+        [1, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0],
+        [1, 1, 1, 0, 0],
+        [1, 1, 1, 0, 0],
+        [1, 1, 1, 0, 1],
+    ], dtype=torch.bool)
+    assert torch.equal(allowed, expected)
+
+
+def test_masked_text_slots_come_back_unchanged_and_do_not_influence_others():
+    fusion = attached()
+    vision, compressed = torch.randn(1, 4, WIDTH), torch.randn(1, 1, WIDTH)
+    text = torch.randn(1, 6, WIDTH)
+    fuse = torch.tensor([[True, True, True, False, False, True]])
+    tokens, fused = fusion(vision, compressed, text, fuse)
+    assert torch.equal(fused[0, 3:5], text[0, 3:5])
+    assert not torch.allclose(fused[0, :3], text[0, :3])
+    # Changing the masked (e.g. assistant-answer) slots changes nothing else.
+    other = text.clone()
+    other[0, 3:5] = torch.randn(2, WIDTH)
+    tokens2, fused2 = fusion(vision, compressed, other, fuse)
+    assert torch.allclose(tokens, tokens2)
+    assert torch.allclose(fused[0, [0, 1, 2, 5]], fused2[0, [0, 1, 2, 5]])
+
+
+def test_text_sees_vision_and_compressed_slots_see_no_text():
+    fusion = attached()
+    vision, compressed, text = torch.randn(1, 4, WIDTH), torch.randn(1, 1, WIDTH), torch.randn(1, 3, WIDTH)
+    fuse = torch.ones(1, 3, dtype=torch.bool)
+    tokens, fused = fusion(vision, compressed, text, fuse)
+    tokens2, fused2 = fusion(vision + 1, compressed, text, fuse)
+    assert not torch.allclose(fused, fused2)
+    tokens3, _ = fusion(vision, compressed, torch.randn(1, 3, WIDTH), fuse)
+    assert torch.allclose(tokens, tokens3)
+
+
+def test_copy_init_equals_llm_layers_and_random_does_not():
+    torch.manual_seed(0)
+    llm = HFLanguageModel(config=tiny_llm_config())
+    copied, fresh = DecoderPreFusion(num_layers=2, init="copy"), DecoderPreFusion(num_layers=2)
+    copied.attach(llm)
+    fresh.attach(llm)
+    for ours, theirs in zip(copied.layers, llm.decoder_layers):
+        for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
+            assert torch.equal(a, b), name
+    assert type(copied.layers[0]) is llm.decoder_layer_class
+    q = fresh.layers[0].self_attn.q_proj.weight
+    assert not torch.equal(q, llm.decoder_layers[0].self_attn.q_proj.weight)
+    assert abs(q.std().item() - 0.02) < 0.005
+
+
+def test_text_is_detached_on_the_way_in():
+    fusion = attached(layers=1)
+    text = torch.randn(1, 3, WIDTH, requires_grad=True)
+    _, fused = fusion(torch.randn(1, 2, WIDTH), torch.randn(1, 1, WIDTH), text, torch.ones(1, 3, dtype=torch.bool))
+    assert not fused.requires_grad or fused.grad_fn is not None
+    fused.sum().backward()
+    assert text.grad is None
+
+
+def test_no_prefusion_is_identity():
+    compressed, text = torch.randn(2, 1, 8), torch.randn(2, 5, 8)
+    out_c, out_t = NoPreFusion()(torch.randn(2, 4, 8), compressed, text, torch.ones(2, 5, dtype=torch.bool))
+    assert out_c is compressed and out_t is text
