@@ -2,12 +2,13 @@ import json
 import sys
 
 import pytest
-import timm
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
 from minivlm.encoders import TimmVisionEncoder
+
+timm = pytest.importorskip("timm")
 
 NAME = "vit_tiny_patch16_224"
 KWARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 3, "num_heads": 2}

@@ -1,0 +1,96 @@
+"""The `minivlm` command: recipes build, a short fit runs, bad recipes fail in one line."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from minivlm.cli import MiniVLMCLI, main
+from minivlm.model import MiniVLM
+from minivlm.training.module import MiniVLMModule
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
+SHAPES = str(ROOT / "recipes" / "tiny-shapes.yaml")
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_recipe_parses_and_builds_on_the_meta_device(recipe):
+    with torch.device("meta"):
+        cli = MiniVLMCLI(MiniVLMModule, subclass_mode_data=True, args=["--config", str(recipe)], run=False)
+    assert isinstance(cli.model.model, MiniVLM)
+    assert all(p.is_meta for p in cli.model.model.parameters())
+
+
+def test_short_fit_logs_exact_match_and_writes_checkpoints(tmp_path):
+    cli = MiniVLMCLI(
+        MiniVLMModule,
+        subclass_mode_data=True,
+        args=[
+            "fit", "--config", SHAPES, "--trainer.max_steps=4", "--trainer.val_check_interval=4",
+            "--data.init_args.val_size=32", "--data.init_args.batch_size=16", "--trainer.logger=false",
+            f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
+        ],
+    )
+    assert cli.trainer.global_step == 4
+    accuracy = float(cli.trainer.callback_metrics["val/exact_match"])
+    assert 0.0 <= accuracy <= 1.0
+    assert cli.model.val_exact_match.total == 0  # reset after the epoch, it had counted 32 samples
+    checkpoints = list(tmp_path.rglob("*.ckpt"))
+    assert any(c.name == "last.ckpt" for c in checkpoints)
+    state = torch.load(next(c for c in checkpoints if c.name == "last.ckpt"), weights_only=True, map_location="cpu")
+    assert state["global_step"] == 4
+    assert any(k.startswith("model.compressor.query") for k in state["state_dict"])
+
+
+def test_help_lists_the_subcommands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("fit", "validate", "test", "predict"):
+        assert command in out
+
+
+def broken_recipe(tmp_path, edit) -> str:
+    config = yaml.safe_load(Path(SHAPES).read_text())
+    edit(config)
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def _unknown_class(c):
+    c["model"]["compressor"]["class_path"] = "minivlm.compressors.NoSuchCompressor"
+
+
+def _bad_width(c):
+    c["model"]["projector"]["init_args"]["out_dim"] = 96
+
+
+def _missing_argument(c):
+    del c["model"]["compressor"]["init_args"]["dim"]
+
+
+def _unknown_part(c):
+    c["model"]["train"] = ["encoder", "decoder"]
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (_unknown_class, "has no attribute 'NoSuchCompressor'"),
+        (_bad_width, "MLPProjector produces width 96 but HFLanguageModel expects width 128"),
+        (_missing_argument, "the following arguments are required: dim"),
+        (_unknown_part, "model.train"),
+    ],
+)
+def test_bad_recipe_exits_before_training_with_one_line(tmp_path, capsys, edit, message):
+    path = broken_recipe(tmp_path, edit)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", path, f"--trainer.default_root_dir={tmp_path}"])
+    assert exit_info.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("minivlm: error:")]
+    assert len(err) == 1 and message in err[0], err
+    assert not list(tmp_path.rglob("*.ckpt"))
