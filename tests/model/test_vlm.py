@@ -135,3 +135,35 @@ def test_no_prefusion_and_pool_compressor_compose():
     assert model.tokens_per_image == 4
     assert out.logits.shape[1] == int(proc([QA], images(1)).attention_mask.sum()) - 1 + 4
     assert isinstance(model.prefusion, NoPreFusion) and not isinstance(model.prefusion, DecoderPreFusion)
+
+
+def test_save_and_from_pretrained_round_trip(tmp_path):
+    model = tiny_vlm(seed=5)
+    model.processor = shapes_processor(model)
+    model.save_pretrained(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} >= {"config.json", "model.safetensors", "processor.json", "tokenizer.json"}
+    loaded = MiniVLM.from_pretrained(tmp_path)
+    batch = model.processor([QA], images(1))
+    assert torch.equal(model(batch).logits, loaded(batch).logits)
+    assert loaded.processor.tokens_per_image == 1
+    assert type(loaded.prefusion) is DecoderPreFusion and loaded.prefusion.num_layers == 1
+
+
+def test_from_pretrained_is_strict_and_names_keys(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    tiny_vlm().save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    weights.pop("compressor.query")
+    weights["compressor.extra"] = torch.zeros(1)
+    save_file(weights, tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match=r"missing \['compressor.query'\], unexpected \['compressor.extra'\]"):
+        MiniVLM.from_pretrained(tmp_path)
+
+
+def test_from_pretrained_rejects_foreign_directories(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        MiniVLM.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "llava"}')
+    with pytest.raises(ValueError, match="not a minivlm config"):
+        MiniVLM.from_pretrained(tmp_path)

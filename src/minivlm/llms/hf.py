@@ -43,6 +43,7 @@ class HFLanguageModel(LanguageModel):
                 f"{type(self.model).__name__} does not have the `model.layers` / `model.rotary_emb` layout "
                 "HFLanguageModel supports"
             )
+        self.attn_implementation = attn_implementation
         self.hidden_size = self.model.config.hidden_size
         self.vocab_size = self.model.config.vocab_size
         self.trainable = trainable
@@ -50,7 +51,10 @@ class HFLanguageModel(LanguageModel):
 
     def init_args_for_export(self) -> dict[str, Any]:
         """Constructor arguments that rebuild this architecture offline (weights are saved apart)."""
-        return {"config": self.model.config.to_diff_dict() | {"model_type": self.model.config.model_type}}
+        config = self.model.config.to_diff_dict()
+        config.pop("transformers_version", None)
+        config["model_type"] = self.model.config.model_type
+        return {"config": config, "attn_implementation": self.attn_implementation, "trainable": self.trainable}
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(input_ids)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -14,7 +15,10 @@ from minivlm.encoders.base import VisionEncoder
 from minivlm.fusion.base import PreFusion
 from minivlm.llms.base import LanguageModel
 from minivlm.model.batch import IGNORE_INDEX, Batch
+from minivlm.model import pretrained
 from minivlm.model.inputs import LLMInputs, splice_media, to_left_padding
+from minivlm.model.processor import PROCESSOR_FILE, Processor
+from minivlm.projectors.base import Projector
 
 
 class WidthMismatchError(ValueError):
@@ -45,6 +49,9 @@ class MiniVLM(nn.Module):
     `vision_tokens` picks which K tokens reach the LLM: the pre-fusion outputs at the
     compressed slots ("prefused", the released LLaVA-Mini) or the compressor's own output
     ("compressed", the paper's equations).
+
+    `processor` (optional) is the Processor that builds Batches for this model; it is saved
+    and loaded with the model.
     """
 
     def __init__(
@@ -55,6 +62,7 @@ class MiniVLM(nn.Module):
         prefusion: PreFusion,
         llm: LanguageModel,
         vision_tokens: Literal["prefused", "compressed"] = "prefused",
+        processor: Processor | None = None,
     ) -> None:
         super().__init__()
         if vision_tokens not in ("prefused", "compressed"):
@@ -73,7 +81,38 @@ class MiniVLM(nn.Module):
         self.prefusion = prefusion
         self.llm = llm
         self.vision_tokens = vision_tokens
+        self.processor = processor
         prefusion.attach(llm)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Writes config.json (each part's class_path and init_args), model.safetensors and,
+        when the model has a processor, the tokenizer and processor files."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        parts = {name: getattr(self, name) for name in pretrained.PART_NAMES}
+        pretrained.write_config(directory, parts, {"vision_tokens": self.vision_tokens})
+        pretrained.save_weights(self, directory)
+        if self.processor is not None:
+            self.processor.save_pretrained(directory)
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | Path) -> MiniVLM:
+        """Rebuilds a model saved by `save_pretrained` from a local directory or a Hub repo id.
+
+        Parts are built from their recorded constructor arguments (no downloads, since those
+        hold configs, not Hub ids), then every weight is loaded strictly with safetensors.
+        """
+        directory = pretrained.resolve_directory(path_or_id)
+        config = pretrained.read_config(directory)
+        bases = {
+            "encoder": VisionEncoder, "compressor": Compressor, "projector": Projector,
+            "prefusion": PreFusion, "llm": LanguageModel,
+        }
+        parts = {name: pretrained.build_part(config[name], bases[name], name) for name in pretrained.PART_NAMES}
+        processor = Processor.from_pretrained(directory) if (directory / PROCESSOR_FILE).is_file() else None
+        model = cls(**parts, vision_tokens=config.get("vision_tokens", "prefused"), processor=processor)
+        pretrained.load_weights(model, directory)
+        return model
 
     @property
     def tokens_per_image(self) -> int:

@@ -70,6 +70,7 @@ class MiniVLMModule(L.LightningModule):
                 f"tokenizer {tokenizer!r} has {len(loaded)} tokens but the LLM's vocabulary holds {llm.vocab_size}"
             )
         self.processor = Processor(loaded, get_template(template), encoder.image_spec, self.model.tokens_per_image, max_length)
+        self.model.processor = self.processor
         self.train_parts = list(PARTS[1:] if train is None else train)
         unknown = set(self.train_parts) - set(PARTS)
         if unknown:
