@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from minivlm.model.batch import IGNORE_INDEX, PLACEHOLDER_ID
-from minivlm.model.inputs import splice_media, to_left_padding
+from minivlm.model.inputs import splice_media, stitch_tiles, to_left_padding
 
 P = PLACEHOLDER_ID
 
@@ -77,3 +77,23 @@ def test_left_padding_keeps_tokens_and_counts_positions():
     assert left[1, 2, 0].item() == 4
     assert left_mask.tolist() == [[True, True, True], [False, False, True]]
     assert positions.tolist() == [[0, 1, 2], [0, 0, 0]]
+
+
+def test_stitch_tiles_lays_crops_out_row_major_on_the_canvas():
+    tiles, gh, gw = 2, 2, 3
+    # Feature value = canvas (row, col) of the patch, encoded as row * 100 + col.
+    passes = []
+    for tile_row in range(tiles):
+        for tile_col in range(tiles):
+            rows = torch.arange(gh)[:, None] + tile_row * gh
+            cols = torch.arange(gw)[None, :] + tile_col * gw
+            passes.append((rows * 100 + cols).reshape(-1).float())
+    passes.append(torch.full((gh * gw,), -1.0))  # the whole image
+    features = torch.stack(passes)[..., None].repeat(2, 1, 1)  # two HD items
+    stitched, whole = stitch_tiles(features, (gh, gw), tiles)
+    canvas = torch.arange(tiles * gh)[:, None] * 100 + torch.arange(tiles * gw)[None, :]
+    assert stitched.shape == (2, tiles * gh * tiles * gw, 1)
+    assert torch.equal(stitched[1, :, 0], canvas.reshape(-1).float())
+    assert torch.equal(whole, torch.full((2, gh * gw, 1), -1.0))
+    with pytest.raises(ValueError, match="not a multiple of 5"):
+        stitch_tiles(features[:4], (gh, gw), tiles)

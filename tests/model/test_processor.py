@@ -63,7 +63,7 @@ def test_generation_prompt_ends_on_assistant_header(processor):
 
 def test_errors_name_the_conversation(processor):
     turns = [Turn("user", "<image> Is there a red circle ?"), Turn("assistant", "yes")]
-    with pytest.raises(ValueError, match="conversation 0 has 1 <image> tags but 2 images"):
+    with pytest.raises(ValueError, match="conversation 0 has 1 media tags but 2 media items"):
         processor([turns], [[image(), image()]])
     with pytest.raises(ValueError, match="turns must alternate"):
         processor([[Turn("assistant", "yes")]], [[]])

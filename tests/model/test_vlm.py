@@ -119,13 +119,6 @@ def test_generate_stops_at_eos_and_pads(vlm):
     assert out.tolist() == [[first]]
 
 
-def test_several_images_in_one_sample_is_not_built_yet(vlm):
-    proc = shapes_processor(vlm)
-    turns = [Turn("user", "<image> <image> Is there a red circle ?"), Turn("assistant", "yes")]
-    with pytest.raises(NotImplementedError, match="several images in one sample"):
-        vlm(proc([turns], [images(2)[0] + images(2)[1]]))
-
-
 def test_no_prefusion_and_pool_compressor_compose():
     torch.manual_seed(0)
     model = MiniVLM(tiny_encoder(), PoolCompressor(WIDTH, size=2), MLPProjector(VISION, WIDTH), NoPreFusion(),

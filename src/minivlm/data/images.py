@@ -37,3 +37,16 @@ def image_to_tensor(image: ImageInput, spec: ImageSpec) -> torch.Tensor:
     mean = torch.tensor(spec.mean).view(3, 1, 1)
     std = torch.tensor(spec.std).view(3, 1, 1)
     return (pixels - mean) / std
+
+
+def hd_views(image: ImageInput, grid: int, size: int) -> list[Image.Image]:
+    """LLaVA-Mini-HD views: the image resized to (grid·size)², cut into grid×grid crops in
+    row-major order, then the whole image resized to size² as the last view."""
+    pil = load_image(image)
+    canvas = pil.resize((grid * size, grid * size), Image.Resampling.BICUBIC)
+    crops = [
+        canvas.crop((col * size, row * size, (col + 1) * size, (row + 1) * size))
+        for row in range(grid)
+        for col in range(grid)
+    ]
+    return crops + [pil.resize((size, size), Image.Resampling.BICUBIC)]

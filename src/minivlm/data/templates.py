@@ -72,6 +72,11 @@ LLAMA3_SYSTEM_PROMPT = (
     "that the user provides, and assist the user with a variety of tasks using natural language."
 )
 
+VICUNA_SYSTEM_PROMPT = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+
 TEMPLATES: dict[str, ChatTemplate] = {
     "shapes": ChatTemplate(
         name="shapes",
@@ -90,6 +95,17 @@ TEMPLATES: dict[str, ChatTemplate] = {
         user_end="<|eot_id|>",
         assistant_start="<|start_header_id|>assistant<|end_header_id|>\n\n",
         assistant_end="<|eot_id|>",
+    ),
+    # LLaVA-1.5's conversation format ("vicuna_v1").
+    "vicuna_v1": ChatTemplate(
+        name="vicuna_v1",
+        prefix="<s>",
+        system_prompt=VICUNA_SYSTEM_PROMPT,
+        system_end=" ",
+        user_start="USER: ",
+        user_end=" ",
+        assistant_start="ASSISTANT: ",
+        assistant_end="</s>",
     ),
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import Literal
 
 import torch
 
@@ -10,6 +11,11 @@ import torch
 # LLaVA release), so it can never collide with real text; embedding lookups skip it.
 PLACEHOLDER_ID = -200
 IGNORE_INDEX = -100
+
+# How a media item's encoder passes are used: one image; HD tiles (n×n crops, row-major,
+# then the whole image); or video frames in time order.
+MediaKind = Literal["image", "hd", "video"]
+MEDIA_KINDS: tuple[MediaKind, ...] = ("image", "hd", "video")
 
 
 @dataclass
@@ -26,6 +32,7 @@ class Batch:
     - `pixel_values` (P, 3, H, W) or None for a text-only batch.
     - `media_passes` (M,) long: for the m-th placeholder in row-major order, how many
       consecutive encoder passes of `pixel_values` belong to it (1 for a single image).
+    - `media_kinds`: the kind of each of the M items; None means every item is an "image".
     """
 
     input_ids: torch.Tensor
@@ -34,6 +41,7 @@ class Batch:
     labels: torch.Tensor | None = None
     pixel_values: torch.Tensor | None = None
     media_passes: torch.Tensor | None = None
+    media_kinds: tuple[MediaKind, ...] | None = None
 
     def __post_init__(self) -> None:
         b, l = self.input_ids.shape
@@ -45,6 +53,12 @@ class Batch:
         media = 0 if self.media_passes is None else len(self.media_passes)
         if placeholders != media:
             raise ValueError(f"Batch has {placeholders} media placeholders but {media} media items")
+        if self.media_kinds is not None:
+            if len(self.media_kinds) != media:
+                raise ValueError(f"Batch has {media} media items but {len(self.media_kinds)} media kinds")
+            unknown = set(self.media_kinds) - set(MEDIA_KINDS)
+            if unknown:
+                raise ValueError(f"unknown media kinds {sorted(unknown)}; known: {', '.join(MEDIA_KINDS)}")
         passes = 0 if self.pixel_values is None else len(self.pixel_values)
         wanted = 0 if self.media_passes is None else int(self.media_passes.sum())
         if passes != wanted:
@@ -53,6 +67,12 @@ class Batch:
     @property
     def batch_size(self) -> int:
         return self.input_ids.shape[0]
+
+    @property
+    def kinds(self) -> tuple[MediaKind, ...]:
+        """The kind of every media item (all "image" when `media_kinds` is None)."""
+        count = 0 if self.media_passes is None else len(self.media_passes)
+        return self.media_kinds if self.media_kinds is not None else ("image",) * count
 
     @property
     def placeholder_mask(self) -> torch.Tensor:

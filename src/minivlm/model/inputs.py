@@ -101,3 +101,19 @@ def to_left_padding(embeds: torch.Tensor, attention_mask: torch.Tensor) -> tuple
     left_mask = steps >= shift[:, None]
     position_ids = (left_mask.long().cumsum(dim=1) - 1).clamp(min=0)
     return left, left_mask, position_ids
+
+
+def stitch_tiles(features: torch.Tensor, grid: tuple[int, int], tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """HD features: (C·(n²+1), g_h·g_w, D) from n×n row-major crops followed by the whole
+    image, per item, -> (stitched (C, n·g_h · n·g_w, D) row-major over the canvas, whole (C, N, D))."""
+    gh, gw = grid
+    per_item = tiles * tiles + 1
+    if features.shape[0] % per_item:
+        raise ValueError(f"{features.shape[0]} encoder passes are not a multiple of {per_item} (a {tiles}x{tiles} HD item)")
+    items = features.shape[0] // per_item
+    d = features.shape[-1]
+    grouped = features.view(items, per_item, gh * gw, d)
+    crops = grouped[:, :-1].reshape(items, tiles, tiles, gh, gw, d)
+    # (item, tile row, tile col, row, col) -> (item, tile row, row, tile col, col): canvas order.
+    stitched = crops.permute(0, 1, 3, 2, 4, 5).reshape(items, tiles * gh * tiles * gw, d)
+    return stitched, grouped[:, -1]

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from minivlm.data.images import ImageInput, image_to_tensor
+from minivlm.data.images import ImageInput, hd_views, image_to_tensor
 from minivlm.data.templates import ChatTemplate, Turn, get_template
+from minivlm.data.video import Video
 from minivlm.encoders.base import ImageSpec
-from minivlm.model.batch import IGNORE_INDEX, PLACEHOLDER_ID, Batch
+from minivlm.model.batch import IGNORE_INDEX, PLACEHOLDER_ID, Batch, MediaKind
 
 IMAGE_TAG = "<image>"
+VIDEO_TAG = "<video>"
+_TAGS = re.compile(f"({IMAGE_TAG}|{VIDEO_TAG})")
 PROCESSOR_FILE = "processor.json"
+Media = ImageInput | Video
 
 
 @dataclass
@@ -26,15 +31,18 @@ class EncodedSample:
     input_ids: list[int]
     labels: list[int]
     fuse: list[bool]
+    tags: list[str] = field(default_factory=list)
 
 
 class Processor:
     """Turns conversations and images into a `Batch` the model consumes.
 
-    Each `<image>` in a user turn becomes one placeholder id; the model later splices
-    `tokens_per_image` tokens there. Labels cover assistant answers and their end-of-turn
-    marker only; pre-fusion sees every text token except placeholders, padding and answers,
-    in training and at inference alike.
+    Each `<image>` or `<video>` in a user turn becomes one placeholder id; the model later
+    splices `tokens_per_image` tokens there (per frame for a video). With `hd_grid` n > 1
+    every image is cut into n×n crops plus the whole image (LLaVA-Mini-HD); videos are
+    never tiled. Labels cover assistant answers and their end-of-turn marker only;
+    pre-fusion sees every text token except placeholders, padding and answers, in training
+    and at inference alike.
     """
 
     def __init__(
@@ -44,7 +52,10 @@ class Processor:
         image_spec: ImageSpec,
         tokens_per_image: int,
         max_length: int | None = None,
+        hd_grid: int = 1,
     ) -> None:
+        if hd_grid < 1:
+            raise ValueError(f"hd_grid must be >= 1, got {hd_grid}")
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; set one (e.g. tokenizer.pad_token = tokenizer.eos_token)")
         self.tokenizer = tokenizer
@@ -52,6 +63,7 @@ class Processor:
         self.image_spec = image_spec
         self.tokens_per_image = tokens_per_image
         self.max_length = max_length
+        self.hd_grid = hd_grid
 
     @property
     def eos_token_id(self) -> int:
@@ -66,50 +78,80 @@ class Processor:
         ids: list[int] = []
         labels: list[int] = []
         fuse: list[bool] = []
+        tags: list[str] = []
         for piece in self.template.render(turns, add_generation_prompt):
-            for i, chunk in enumerate(piece.text.split(IMAGE_TAG)):
-                if i > 0:
+            for chunk in _TAGS.split(piece.text):
+                if chunk in (IMAGE_TAG, VIDEO_TAG):
+                    if piece.train:
+                        raise ValueError(f"{chunk} in an assistant turn; media go in user turns")
+                    tags.append(chunk)
                     ids.append(PLACEHOLDER_ID)
                     labels.append(IGNORE_INDEX)
                     fuse.append(False)
+                    continue
                 chunk_ids = self._tokenize(chunk)
                 ids += chunk_ids
                 labels += chunk_ids if piece.train else [IGNORE_INDEX] * len(chunk_ids)
                 fuse += [piece.fuse] * len(chunk_ids)
-        return EncodedSample(ids, labels, fuse)
+        return EncodedSample(ids, labels, fuse, tags)
 
-    def llm_length(self, sample: EncodedSample) -> int:
-        """Length of the LLM sequence once each placeholder holds its image tokens."""
-        placeholders = sample.input_ids.count(PLACEHOLDER_ID)
-        return len(sample.input_ids) + placeholders * (self.tokens_per_image - 1)
+    def llm_length(self, sample: EncodedSample, media: list[Media] | None = None) -> int:
+        """Length of the LLM sequence once each placeholder holds its tokens (K per image, K per frame)."""
+        media = media if media is not None else [None] * len(sample.tags)
+        units = sum(len(item.frames) if isinstance(item, Video) else 1 for item in media)
+        return len(sample.input_ids) - len(sample.tags) + units * self.tokens_per_image
+
+    def media_passes(self, item: Media, tag: str, where: str) -> tuple[MediaKind, list[torch.Tensor]]:
+        """The kind of one media item and its encoder passes as normalised (3, S, S) tensors."""
+        if tag == VIDEO_TAG:
+            if not isinstance(item, Video):
+                raise TypeError(f"{where}: {VIDEO_TAG} needs a Video, got {type(item).__name__}")
+            return "video", [image_to_tensor(frame, self.image_spec) for frame in item.frames]
+        if isinstance(item, Video):
+            raise TypeError(f"{where}: {IMAGE_TAG} got a Video; use {VIDEO_TAG} for videos")
+        if self.hd_grid == 1:
+            return "image", [image_to_tensor(item, self.image_spec)]
+        return "hd", [image_to_tensor(view, self.image_spec) for view in hd_views(item, self.hd_grid, self.image_spec.size)]
 
     def __call__(
         self,
         conversations: list[list[Turn]],
-        images: list[list[ImageInput]] | None = None,
+        images: list[list[Media]] | None = None,
         add_generation_prompt: bool = False,
     ) -> Batch:
-        """A right-padded `Batch`; `images[i]` are the images of conversation i, in `<image>` order."""
+        """A right-padded `Batch`; `images[i]` are the media of conversation i (images, or
+        `Video`s for `<video>` tags), in tag order."""
         images = images if images is not None else [[] for _ in conversations]
         if len(images) != len(conversations):
-            raise ValueError(f"{len(conversations)} conversations but {len(images)} image lists")
+            raise ValueError(f"{len(conversations)} conversations but {len(images)} media lists")
         samples = []
-        pixels = []
-        for i, (turns, sample_images) in enumerate(zip(conversations, images)):
+        pixels: list[torch.Tensor] = []
+        passes: list[int] = []
+        kinds: list[MediaKind] = []
+        for i, (turns, media) in enumerate(zip(conversations, images)):
             sample = self.encode(turns, add_generation_prompt)
-            tags = sample.input_ids.count(PLACEHOLDER_ID)
-            if tags != len(sample_images):
-                raise ValueError(f"conversation {i} has {tags} {IMAGE_TAG} tags but {len(sample_images)} images")
-            if self.max_length is not None and self.llm_length(sample) > self.max_length:
-                raise ValueError(
-                    f"conversation {i} is {self.llm_length(sample)} LLM tokens long, over max_length={self.max_length}"
-                )
+            if len(sample.tags) != len(media):
+                raise ValueError(f"conversation {i} has {len(sample.tags)} media tags but {len(media)} media items")
+            length = self.llm_length(sample, media)
+            if self.max_length is not None and length > self.max_length:
+                raise ValueError(f"conversation {i} is {length} LLM tokens long, over max_length={self.max_length}")
+            for j, (tag, item) in enumerate(zip(sample.tags, media)):
+                kind, views = self.media_passes(item, tag, f"conversation {i}, media item {j}")
+                kinds.append(kind)
+                passes.append(len(views))
+                pixels += views
             samples.append(sample)
-            pixels += [image_to_tensor(image, self.image_spec) for image in sample_images]
-        return self.collate(samples, pixels)
+        return self.collate(samples, pixels, passes, kinds)
 
-    def collate(self, samples: list[EncodedSample], pixels: list[torch.Tensor]) -> Batch:
-        """Pads encoded samples on the right and stacks their pixels."""
+    def collate(
+        self,
+        samples: list[EncodedSample],
+        pixels: list[torch.Tensor],
+        passes: list[int] | None = None,
+        kinds: list[MediaKind] | None = None,
+    ) -> Batch:
+        """Pads encoded samples on the right and stacks their pixels (one pass per item unless
+        `passes` says otherwise)."""
         length = max(len(s.input_ids) for s in samples)
         pad = self.tokenizer.pad_token_id
 
@@ -123,7 +165,8 @@ class Processor:
             labels=torch.stack([padded(s.labels, IGNORE_INDEX, torch.long) for s in samples]),
             prefusion_mask=torch.stack([padded(s.fuse, False, torch.bool) for s in samples]),
             pixel_values=torch.stack(pixels) if pixels else None,
-            media_passes=torch.ones(len(pixels), dtype=torch.long) if pixels else None,
+            media_passes=torch.tensor(passes if passes is not None else [1] * len(pixels)) if pixels else None,
+            media_kinds=tuple(kinds) if kinds else None,
         )
 
     def decode(self, token_ids: torch.Tensor | list[int]) -> str:
@@ -143,6 +186,7 @@ class Processor:
             "image_spec": asdict(self.image_spec),
             "tokens_per_image": self.tokens_per_image,
             "max_length": self.max_length,
+            "hd_grid": self.hd_grid,
         }
         (directory / PROCESSOR_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
@@ -158,4 +202,5 @@ class Processor:
             image_spec=ImageSpec(size=spec["size"], mean=tuple(spec["mean"]), std=tuple(spec["std"])),
             tokens_per_image=config["tokens_per_image"],
             max_length=config["max_length"],
+            hd_grid=config.get("hd_grid", 1),
         )

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -16,7 +18,7 @@ from minivlm.fusion.base import PreFusion
 from minivlm.llms.base import LanguageModel
 from minivlm.model.batch import IGNORE_INDEX, Batch
 from minivlm.model import pretrained
-from minivlm.model.inputs import LLMInputs, splice_media, to_left_padding
+from minivlm.model.inputs import LLMInputs, splice_media, stitch_tiles, to_left_padding
 from minivlm.model.processor import PROCESSOR_FILE, Processor
 from minivlm.projectors.base import Projector
 
@@ -51,7 +53,9 @@ class MiniVLM(nn.Module):
     ("compressed", the paper's equations).
 
     `processor` (optional) is the Processor that builds Batches for this model; it is saved
-    and loaded with the model.
+    and loaded with the model. `frames_per_chunk` bounds how many fusion units (images,
+    video frames) are encoded and pre-fused at once, so a long video needs memory for one
+    chunk plus K tokens per frame; None processes a batch's units all together.
     """
 
     def __init__(
@@ -63,8 +67,11 @@ class MiniVLM(nn.Module):
         llm: LanguageModel,
         vision_tokens: Literal["prefused", "compressed"] = "prefused",
         processor: Processor | None = None,
+        frames_per_chunk: int | None = None,
     ) -> None:
         super().__init__()
+        if frames_per_chunk is not None and frames_per_chunk < 1:
+            raise ValueError(f"frames_per_chunk must be >= 1 or None, got {frames_per_chunk}")
         if vision_tokens not in ("prefused", "compressed"):
             raise ValueError(f"vision_tokens must be 'prefused' or 'compressed', got {vision_tokens!r}")
         encoder_name, compressor_name = type(encoder).__name__, type(compressor).__name__
@@ -82,6 +89,7 @@ class MiniVLM(nn.Module):
         self.llm = llm
         self.vision_tokens = vision_tokens
         self.processor = processor
+        self.frames_per_chunk = frames_per_chunk
         prefusion.attach(llm)
 
     def save_pretrained(self, directory: str | Path) -> None:
@@ -90,7 +98,9 @@ class MiniVLM(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         parts = {name: getattr(self, name) for name in pretrained.PART_NAMES}
-        pretrained.write_config(directory, parts, {"vision_tokens": self.vision_tokens})
+        pretrained.write_config(
+            directory, parts, {"vision_tokens": self.vision_tokens, "frames_per_chunk": self.frames_per_chunk}
+        )
         pretrained.save_weights(self, directory)
         if self.processor is not None:
             self.processor.save_pretrained(directory)
@@ -110,7 +120,12 @@ class MiniVLM(nn.Module):
         }
         parts = {name: pretrained.build_part(config[name], bases[name], name) for name in pretrained.PART_NAMES}
         processor = Processor.from_pretrained(directory) if (directory / PROCESSOR_FILE).is_file() else None
-        model = cls(**parts, vision_tokens=config.get("vision_tokens", "prefused"), processor=processor)
+        model = cls(
+            **parts,
+            vision_tokens=config.get("vision_tokens", "prefused"),
+            processor=processor,
+            frames_per_chunk=config.get("frames_per_chunk"),
+        )
         pretrained.load_weights(model, directory)
         return model
 
@@ -118,46 +133,73 @@ class MiniVLM(nn.Module):
     def tokens_per_image(self) -> int:
         return self.compressor.tokens_for_grid(self.encoder.grid)
 
-    def encode_media(self, pixels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """Pixels (P, 3, H, W) -> (projected full features (P, N, D) or None when pre-fusion does
-        not use them, projected compressed tokens (P, K, D))."""
+    def tokens_per_hd_image(self, tiles: int) -> int:
+        gh, gw = self.encoder.grid
+        return self.compressor.tokens_for_grid((tiles * gh, tiles * gw))
+
+    def encode_media(self, pixels: torch.Tensor, hd_tiles: int = 1) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Pixels -> (projected vision tokens for pre-fusion, or None when it does not use them;
+        projected compressed tokens (U, K, D)).
+
+        With `hd_tiles` n > 1, pixels hold n×n crops + the whole image per item: crop features
+        are stitched into one (n·g)² grid that is compressed, and pre-fusion gets
+        [stitched ; whole] (LLAVA_MINI.md section 6).
+        """
         features = self.encoder(pixels)
         grid = self.encoder.grid
+        whole = None
+        if hd_tiles > 1:
+            features, whole = stitch_tiles(features, grid, hd_tiles)
+            grid = (grid[0] * hd_tiles, grid[1] * hd_tiles)
         if self.compressor.placement == "before_projector":
             compressed = self.projector(self.compressor(features, grid).tokens)
-            vision = self.projector(features) if self.prefusion.uses_vision else None
+            if not self.prefusion.uses_vision:
+                return None, compressed
+            vision = self.projector(features if whole is None else torch.cat([features, whole], dim=1))
         else:
-            vision = self.projector(features)
-            compressed = self.compressor(vision, grid).tokens
-        return vision, compressed
+            vision = self.projector(features if whole is None else torch.cat([features, whole], dim=1))
+            compressed = self.compressor(vision[:, : features.shape[1]], grid).tokens
+        return (vision if self.prefusion.uses_vision else None), compressed
 
     def assemble(self, batch: Batch) -> LLMInputs:
-        """Builds the LLM's input sequence for `batch` (vision path, pre-fusion, splicing)."""
+        """Builds the LLM's input sequence for `batch`: vision path, pre-fusion, splicing.
+
+        Work is organised in fusion units: one per image, per HD image, per video frame.
+        Units of one shape go through encoder, compressor and pre-fusion together, in chunks
+        of `frames_per_chunk`. A sample's fused text is the mean over its units (video
+        frames, or several images) of each unit's fused text.
+        """
         # Placeholder and padding ids are not vocabulary entries; embed a valid id there and never use it.
         text = self.llm.embed(batch.input_ids.clamp(min=0))
         if batch.pixel_values is None:
             return splice_media(text, batch.input_ids, batch.attention_mask, None, None, batch.labels)
-        if bool((batch.media_passes != 1).any()):
-            raise NotImplementedError("media items of several encoder passes (HD tiles, video) are not supported yet")
-        per_sample = batch.placeholder_mask.sum(dim=1)
-        if bool((per_sample > 1).any()):
-            raise NotImplementedError("several images in one sample are not supported yet")
-
-        vision, compressed = self.encode_media(batch.pixel_values.to(self._pixel_dtype))
-        rows = per_sample.nonzero(as_tuple=True)[0]
-        fused_tokens, fused_text = self.prefusion(
-            vision if vision is not None else compressed[:, :0],
-            compressed,
-            text[rows],
-            batch.prefusion_mask[rows],
+        plan = _plan_units(batch)
+        pixels = batch.pixel_values.to(self._pixel_dtype)
+        unit_tokens: list[torch.Tensor | None] = [None] * plan.num_units
+        fused_sum = torch.zeros_like(text)
+        fused_count = torch.zeros(text.shape[0], dtype=text.dtype, device=text.device)
+        for tiles, units in plan.groups.items():
+            for chunk in _chunks(units, self.frames_per_chunk):
+                rows = torch.tensor([u.row for u in chunk], device=text.device)
+                passes = torch.tensor([p for u in chunk for p in u.passes], device=pixels.device)
+                vision, compressed = self.encode_media(pixels[passes], hd_tiles=tiles)
+                prefused, fused_text = self.prefusion(
+                    vision if vision is not None else compressed[:, :0], compressed, text[rows], batch.prefusion_mask[rows]
+                )
+                tokens = prefused if self.vision_tokens == "prefused" else compressed
+                for unit, unit_output in zip(chunk, tokens.unbind(0)):
+                    unit_tokens[unit.index] = unit_output
+                fused_sum = fused_sum.index_add(0, rows, fused_text.to(text.dtype))
+                fused_count = fused_count.index_add(0, rows, torch.ones_like(rows, dtype=text.dtype))
+        fused = fused_sum / fused_count.clamp(min=1)[:, None, None]
+        # Only fused prompt slots of samples with media change; everything else stays bit-exact.
+        keep_fused = batch.prefusion_mask & (fused_count > 0)[:, None]
+        text = torch.where(keep_fused[..., None], fused, text)
+        tokens = torch.cat(unit_tokens, dim=0)
+        tokens_per_item = torch.tensor(
+            [sum(unit_tokens[u].shape[0] for u in item) for item in plan.items], dtype=torch.long, device=text.device
         )
-        text = text.index_copy(0, rows, fused_text.to(text.dtype))
-        tokens = fused_tokens if self.vision_tokens == "prefused" else compressed
-        k = tokens.shape[1]
-        tokens_per_item = torch.full((tokens.shape[0],), k, dtype=torch.long, device=text.device)
-        return splice_media(
-            text, batch.input_ids, batch.attention_mask, tokens.reshape(-1, tokens.shape[-1]), tokens_per_item, batch.labels
-        )
+        return splice_media(text, batch.input_ids, batch.attention_mask, tokens, tokens_per_item, batch.labels)
 
     @property
     def _pixel_dtype(self) -> torch.dtype:
@@ -204,3 +246,53 @@ class MiniVLM(nn.Module):
             )
             next_positions = next_positions + 1
         return torch.stack(generated, dim=1)
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """One fusion unit: its position in unit order, its sample row and its encoder passes."""
+
+    index: int
+    row: int
+    passes: tuple[int, ...]
+
+
+@dataclass
+class _UnitPlan:
+    """Units grouped by HD tiling (1 = single pass), and each media item's unit indices."""
+
+    groups: dict[int, list[_Unit]]
+    items: list[list[int]]
+    num_units: int
+
+
+def _plan_units(batch: Batch) -> _UnitPlan:
+    rows = batch.placeholder_mask.nonzero(as_tuple=True)[0].tolist()
+    counts = batch.media_passes.tolist()
+    groups: dict[int, list[_Unit]] = {}
+    items: list[list[int]] = []
+    first = 0
+    index = 0
+    for m, (kind, count, row) in enumerate(zip(batch.kinds, counts, rows)):
+        passes = list(range(first, first + count))
+        first += count
+        if kind == "hd":
+            tiles = math.isqrt(count - 1)
+            if tiles < 2 or tiles * tiles + 1 != count:
+                raise ValueError(f"media item {m} is 'hd' with {count} passes; HD needs n*n crops + 1 whole image, n >= 2")
+            spans = [(tiles, tuple(passes))]
+        elif kind == "image" and count != 1:
+            raise ValueError(f"media item {m} is an 'image' with {count} encoder passes; an image has 1")
+        else:
+            spans = [(1, (p,)) for p in passes]
+        items.append([])
+        for tiles, unit_passes in spans:
+            groups.setdefault(tiles, []).append(_Unit(index, row, unit_passes))
+            items[-1].append(index)
+            index += 1
+    return _UnitPlan(groups=groups, items=items, num_units=index)
+
+
+def _chunks(units: list[_Unit], size: int | None) -> list[list[_Unit]]:
+    size = size or len(units)
+    return [units[i : i + size] for i in range(0, len(units), size)]

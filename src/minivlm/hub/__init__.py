@@ -1,0 +1,1 @@
+"""Saving, loading, publishing and converting models."""

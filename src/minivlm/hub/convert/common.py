@@ -1,0 +1,96 @@
+"""Helpers every converter shares: reading a safetensors checkpoint directory and renaming its
+tensors strictly onto a minivlm model's state dict."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+logger = logging.getLogger(__name__)
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+
+def load_safetensors_dir(directory: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of the checkpoint in `directory`, read with safetensors only.
+
+    The checkpoint is either sharded (`model.safetensors.index.json`, whose `weight_map`
+    names the shard files) or a single `model.safetensors`. Raises FileNotFoundError
+    naming the file that is missing.
+    """
+    directory = Path(directory)
+    index = directory / INDEX_FILE
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ValueError(f"{index} has no `weight_map` naming the shard of each tensor")
+        files = [directory / name for name in sorted(set(weight_map.values()))]
+    else:
+        files = [directory / SINGLE_FILE]
+    tensors: dict[str, torch.Tensor] = {}
+    for path in files:
+        if not path.is_file():
+            what = f"a shard listed in {INDEX_FILE}" if index.is_file() else f"nor {INDEX_FILE}"
+            raise FileNotFoundError(f"{path} is missing ({what}); is {directory} a safetensors checkpoint?")
+        tensors.update(load_file(path))
+    return tensors
+
+
+def apply_key_mapping(
+    source: Mapping[str, torch.Tensor],
+    rules: Sequence[tuple[str, str]],
+    target: Mapping[str, torch.Tensor],
+    ignore: Sequence[str] = (),
+) -> dict[str, torch.Tensor]:
+    """Renames every `source` tensor onto a key of `target` (a model's state dict, possibly
+    on the meta device) and returns the renamed state dict.
+
+    `rules` are (regex, replacement) pairs tried in order; the first whose regex matches at
+    the start of a source key renames it (`re.sub` with count 1, so groups may be used).
+    Source keys matching one of the `ignore` regexes are dropped by design and listed in a
+    log line. Strict: raises ValueError listing every source key that no rule maps to a
+    target key, every target key left unfilled, two source keys mapped onto one target,
+    and every shape that differs from the target's.
+    """
+    result: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
+    unused, ignored, clashes, shapes = [], [], [], []
+    for key in sorted(source):
+        if any(re.match(pattern, key) for pattern in ignore):
+            ignored.append(key)
+            continue
+        renamed = next((re.sub(p, r, key, count=1) for p, r in rules if re.match(p, key)), None)
+        if renamed is None or renamed not in target:
+            unused.append(key if renamed is None else f"{key} (-> {renamed})")
+            continue
+        if renamed in result:
+            clashes.append(f"{origin[renamed]} and {key} -> {renamed}")
+            continue
+        tensor = source[key]
+        if tensor.shape != target[renamed].shape:
+            shapes.append(f"{key} {tuple(tensor.shape)} -> {renamed} {tuple(target[renamed].shape)}")
+        result[renamed] = tensor
+        origin[renamed] = key
+    unfilled = sorted(set(target) - set(result))
+    problems = [
+        f"{title}: {', '.join(items)}"
+        for title, items in (
+            ("unused source tensors", unused),
+            ("unfilled target tensors", unfilled),
+            ("several source tensors for one target", clashes),
+            ("shape mismatches", shapes),
+        )
+        if items
+    ]
+    if problems:
+        raise ValueError("the checkpoint does not map onto the model; " + "; ".join(problems))
+    if ignored:
+        logger.info("dropped %d source tensors by design: %s", len(ignored), ", ".join(ignored))
+    return result

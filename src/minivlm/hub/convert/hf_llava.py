@@ -1,0 +1,161 @@
+"""`minivlm convert hf-llava`: a transformers `LlavaForConditionalGeneration` directory -> a minivlm
+model directory (the LLaVA-1.5 architecture: every patch token reaches the LLM, no pre-fusion)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer, LlavaConfig, PretrainedConfig, PreTrainedTokenizerBase
+
+from minivlm.compressors import IdentityCompressor
+from minivlm.data.templates import get_template
+from minivlm.encoders import HFVisionEncoder
+from minivlm.fusion import NoPreFusion
+from minivlm.hub.convert.common import apply_key_mapping, load_safetensors_dir
+from minivlm.llms import HFLanguageModel
+from minivlm.model import MiniVLM, Processor
+from minivlm.projectors import MLPProjector
+
+logger = logging.getLogger(__name__)
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+# Source prefix -> minivlm prefix. Three on-disk layouts exist: transformers 4.x before 4.52
+# (`language_model.model.*`, `vision_tower.vision_model.*`, the layout of the llava-hf Hub
+# repos), 4.52+ in-memory names (`model.language_model.*`, `lm_head.*`), and what 5.x
+# save_pretrained writes (the old top-level prefixes, but CLIP without its `vision_model.`).
+VISION_PREFIX = r"^(?:model\.)?vision_tower\.(?:vision_model\.)?"
+KEY_RULES = (
+    (VISION_PREFIX, "encoder.vision_model."),
+    (r"^(?:model\.)?multi_modal_projector\.linear_1\.", "projector.layers.0."),
+    (r"^(?:model\.)?multi_modal_projector\.linear_2\.", "projector.layers.2."),
+    (r"^(?:language_model\.model|model\.language_model)\.", "llm.model.model."),
+    (r"^(?:language_model\.)?lm_head\.", "llm.model.lm_head."),
+)
+LM_HEAD = "llm.model.lm_head.weight"
+EMBEDDINGS = "llm.model.model.embed_tokens.weight"
+
+
+def _check_supported(config: LlavaConfig) -> None:
+    """Raises NotImplementedError naming any setting the minivlm parts cannot reproduce exactly."""
+    if config.projector_hidden_act != "gelu":
+        raise NotImplementedError(
+            f"projector_hidden_act={config.projector_hidden_act!r} is not supported: MLPProjector uses exact 'gelu'"
+        )
+    if not config.multimodal_projector_bias:
+        raise NotImplementedError("multimodal_projector_bias=False is not supported: MLPProjector's layers have biases")
+    if not isinstance(config.vision_feature_layer, int):
+        raise NotImplementedError(
+            f"vision_feature_layer={config.vision_feature_layer!r} is not supported: HFVisionEncoder takes one layer"
+        )
+    if config.vision_feature_select_strategy not in ("default", "full"):
+        raise NotImplementedError(
+            f"vision_feature_select_strategy={config.vision_feature_select_strategy!r} is not supported"
+        )
+
+
+def _part_config(config: PretrainedConfig) -> dict[str, Any]:
+    """A sub-config as the dict a minivlm part takes."""
+    values = config.to_diff_dict()
+    values["model_type"] = config.model_type
+    # Parts are built in the default dtype like every minivlm part; the weights keep their
+    # own dtype on disk and are cast when the model is loaded.
+    for key in ("dtype", "torch_dtype", "transformers_version"):
+        values.pop(key, None)
+    return values
+
+
+def _load_tokenizer(src: Path, tokenizer: str | None) -> PreTrainedTokenizerBase:
+    """The tokenizer named by `tokenizer`, else the one in `src`, with a pad token guaranteed."""
+    if tokenizer is None:
+        if not any((src / name).is_file() for name in TOKENIZER_FILES):
+            raise ValueError(
+                f"{src} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); pass --tokenizer with a Hub id or path"
+            )
+        tokenizer = str(src)
+    loaded = AutoTokenizer.from_pretrained(tokenizer)
+    if loaded.pad_token is None:
+        # Padding positions are masked out, so any existing token will do; unk never ends a turn.
+        fallback = "unk" if loaded.unk_token is not None else "eos"
+        if getattr(loaded, f"{fallback}_token") is None:
+            raise ValueError(f"the tokenizer from {tokenizer} has no pad, unk or eos token to pad with")
+        loaded.pad_token = getattr(loaded, f"{fallback}_token")
+        logger.warning("the tokenizer has no pad token; using its %s token %r as pad", fallback, loaded.pad_token)
+    return loaded
+
+
+def _build_model(config: LlavaConfig) -> MiniVLM:
+    """The minivlm parts that compute what `LlavaForConditionalGeneration` computes, on the meta
+    device: every weight comes from the checkpoint, so random initialisation would be wasted."""
+    text_width = config.text_config.hidden_size
+    with torch.device("meta"):
+        return MiniVLM(
+            encoder=HFVisionEncoder(
+                config=_part_config(config.vision_config),
+                select_layer=config.vision_feature_layer,
+                drop_cls=config.vision_feature_select_strategy == "default",
+            ),
+            compressor=IdentityCompressor(dim=text_width, placement="after_projector"),
+            projector=MLPProjector(config.vision_config.hidden_size, text_width, depth=2),
+            prefusion=NoPreFusion(),
+            llm=HFLanguageModel(config=_part_config(config.text_config)),
+        )
+
+
+def _ignored_source_keys(model: MiniVLM, num_layers: int) -> list[str]:
+    """Regexes of the vision tensors LLaVA never uses: layers after the feature layer, the
+    post-LayerNorm and SigLIP's pooling head (HFVisionEncoder removes all three)."""
+    kept = len(model.encoder.vision_model.encoder.layers)
+    dropped_layers = "|".join(str(i) for i in range(kept, num_layers))
+    patterns = [VISION_PREFIX + r"post_layernorm\.", VISION_PREFIX + r"head\."]
+    if dropped_layers:
+        patterns.append(VISION_PREFIX + rf"encoder\.layers\.(?:{dropped_layers})\.")
+    return patterns
+
+
+def convert_hf_llava(src: str, dst: str, tokenizer: str | None = None, template: str = "vicuna_v1") -> None:
+    """Convert a transformers LLaVA checkpoint (LlavaForConditionalGeneration) into a minivlm model directory.
+
+    The result is the LLaVA-1.5 architecture as minivlm parts (HFVisionEncoder,
+    IdentityCompressor, MLPProjector, NoPreFusion, HFLanguageModel) with the same weights,
+    loadable with `MiniVLM.from_pretrained(dst)`. Weights are read with safetensors only.
+
+    Args:
+        src: Directory written by `LlavaForConditionalGeneration.save_pretrained` (config.json and
+            model.safetensors, or shards with model.safetensors.index.json).
+        dst: Directory to write the minivlm model to (created if missing).
+        tokenizer: Hub id or path of the tokenizer; defaults to the tokenizer files in `src`.
+        template: Chat template the model's processor uses (e.g. vicuna_v1 for LLaVA-1.5).
+    """
+    src_dir = Path(src)
+    config_path = src_dir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} is missing; is {src} a transformers LLaVA directory?")
+    model_type = json.loads(config_path.read_text()).get("model_type")
+    if model_type != "llava":
+        raise ValueError(f"{config_path} has model_type {model_type!r}; hf-llava converts model_type 'llava' only")
+    config = LlavaConfig.from_pretrained(src_dir)
+    _check_supported(config)
+    chat_template = get_template(template)
+    loaded_tokenizer = _load_tokenizer(src_dir, tokenizer)
+
+    model = _build_model(config)
+    source = load_safetensors_dir(src_dir)
+    target = model.state_dict()
+    # transformers does not save an output embedding tied to the input one; fill it from there.
+    tied = config.text_config.tie_word_embeddings and not any(key.endswith("lm_head.weight") for key in source)
+    if tied:
+        target = {key: value for key, value in target.items() if key != LM_HEAD}
+    ignore = _ignored_source_keys(model, config.vision_config.num_hidden_layers)
+    state = apply_key_mapping(source, KEY_RULES, target, ignore=ignore)
+    if tied:
+        state[LM_HEAD] = state[EMBEDDINGS]
+    model.load_state_dict(state, strict=True, assign=True)
+
+    model.processor = Processor(loaded_tokenizer, chat_template, model.encoder.image_spec, model.tokens_per_image)
+    model.save_pretrained(dst)
+    logger.info("converted %s -> %s (%d image tokens per image)", src, dst, model.tokens_per_image)
