@@ -191,6 +191,29 @@ def test_query_init_std():
 def test_init_args_round_trip():
     comp = QueryCompressor(16, size=2, semantics="paper", num_heads=4)
     args = comp.init_args_for_export()
-    assert args == {"dim": 16, "size": 2, "semantics": "paper", "num_heads": 4}
+    assert args == {
+        "dim": 16, "size": 2, "semantics": "paper", "num_heads": 4, "placement": "after_projector", "key_pe": "native"
+    }
     clone = QueryCompressor(**args)
     assert clone.placement == comp.placement and clone.num_tokens == 4
+
+
+def test_placement_and_key_pe_can_be_chosen_apart_from_semantics():
+    default = QueryCompressor(32, size=2, semantics="paper")
+    assert (default.placement, default.key_pe) == ("after_projector", "native")
+    released = QueryCompressor(32, size=2)
+    assert (released.placement, released.key_pe) == ("before_projector", "resized")
+    mixed = QueryCompressor(32, size=2, semantics="paper", placement="before_projector", key_pe="resized")
+    assert mixed.placement == "before_projector"
+    assert torch.equal(mixed.key_pos_embed((4, 4)), mixed.resized_pos_embed((4, 4)))
+    assert not torch.allclose(default.key_pos_embed((4, 4)), mixed.key_pos_embed((4, 4)))
+    # The paper form with resized key PE equals the hand computation with that table.
+    torch.manual_seed(0)
+    h = torch.randn(2, 16, 32)
+    q = mixed.query + mixed.pos_embed
+    expected = torch.softmax(q @ (h + mixed.resized_pos_embed((4, 4))).transpose(1, 2), dim=-1) @ h
+    assert torch.allclose(mixed(h, (4, 4)).tokens, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="key_pe"):
+        QueryCompressor(32, key_pe="learned")
+    with pytest.raises(ValueError, match="placement"):
+        QueryCompressor(32, placement="inside")

@@ -87,3 +87,22 @@ def test_save_and_load_round_trip(processor, tmp_path):
     assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels)
     assert torch.equal(a.pixel_values, b.pixel_values)
     assert loaded.template == processor.template and loaded.image_spec == processor.image_spec
+
+
+def test_earlier_answers_stay_out_of_prefusion_at_inference_unless_release_behaviour_is_asked():
+    chat = [
+        Turn("user", "<image> Is there a red circle ?"), Turn("assistant", "yes"),
+        Turn("user", "Is there a blue square ?"),
+    ]
+    ours = shapes_processor(tiny_vlm())
+    release = shapes_processor(tiny_vlm())
+    release.answers_in_prefusion = "at_inference"
+    a = ours([chat], [[image()]], add_generation_prompt=True)
+    b = release([chat], [[image()]], add_generation_prompt=True)
+    answer = [i for i, t in enumerate(ours.tokenizer.convert_ids_to_tokens(a.input_ids[0].clamp(min=0))) if t == "yes"]
+    assert len(answer) == 1
+    assert not a.prefusion_mask[0, answer[0]] and b.prefusion_mask[0, answer[0]]
+    assert int(b.prefusion_mask.sum()) == int(a.prefusion_mask.sum()) + 2  # "yes" and its <|end|>
+    # Training batches never fuse answers, whatever the switch says.
+    train = chat + [Turn("assistant", "no")]
+    assert torch.equal(ours([train], [[image()]]).prefusion_mask, release([train], [[image()]]).prefusion_mask)

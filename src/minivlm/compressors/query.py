@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minivlm.compressors.base import Compressor, CompressorOutput, check_features
+from minivlm.compressors.base import Compressor, CompressorOutput, Placement, check_features, check_placement
 from minivlm.compressors.posembed import sincos_2d
 
 Semantics = Literal["paper", "release"]
+KeyPE = Literal["native", "resized"]
 
 
 class QueryCompressor(Compressor):
@@ -26,12 +27,27 @@ class QueryCompressor(Compressor):
     with PE_H the sin-cos table on the native input grid.
 
     Both return the (P, K, N) attention map, head-averaged in release semantics.
+
+    `semantics` picks the attention form and the defaults of the two other choices, which
+    can be set apart for ablations: `placement` (before or after the projector) and `key_pe`
+    ("resized": the size×size table resized to the input grid, as released; "native": a
+    sin-cos table on the input grid itself, as in the paper).
     """
 
-    def __init__(self, dim: int, size: int = 1, semantics: Semantics = "release", num_heads: int = 8) -> None:
+    def __init__(
+        self,
+        dim: int,
+        size: int = 1,
+        semantics: Semantics = "release",
+        num_heads: int = 8,
+        placement: Placement | None = None,
+        key_pe: KeyPE | None = None,
+    ) -> None:
         super().__init__()
         if semantics not in ("paper", "release"):
             raise ValueError(f"semantics must be 'paper' or 'release', got {semantics!r}")
+        if key_pe not in (None, "native", "resized"):
+            raise ValueError(f"key_pe must be 'native' or 'resized', got {key_pe!r}")
         if size < 1:
             raise ValueError(f"size must be at least 1, got {size}")
         if dim % 4:
@@ -42,7 +58,9 @@ class QueryCompressor(Compressor):
         self.size = size
         self.semantics = semantics
         self.num_heads = num_heads
-        self.placement = "before_projector" if semantics == "release" else "after_projector"
+        default_placement = "before_projector" if semantics == "release" else "after_projector"
+        self.placement = check_placement(placement or default_placement)
+        self.key_pe: KeyPE = key_pe or ("resized" if semantics == "release" else "native")
 
         self.query = nn.Parameter(torch.empty(size * size, dim))
         nn.init.normal_(self.query, std=0.02)
@@ -61,7 +79,16 @@ class QueryCompressor(Compressor):
         return self.num_tokens
 
     def init_args_for_export(self) -> dict:
-        return {"dim": self.dim, "size": self.size, "semantics": self.semantics, "num_heads": self.num_heads}
+        return {
+            "dim": self.dim, "size": self.size, "semantics": self.semantics, "num_heads": self.num_heads,
+            "placement": self.placement, "key_pe": self.key_pe,
+        }
+
+    def key_pos_embed(self, grid: tuple[int, int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The (h·w, dim) table added to the keys, as `key_pe` says."""
+        if self.key_pe == "resized":
+            return self.resized_pos_embed(grid).to(dtype)
+        return sincos_2d(self.dim, grid, dtype).to(self.pos_embed.device)
 
     def resized_pos_embed(self, grid: tuple[int, int]) -> torch.Tensor:
         """The size×size table resized bicubically to `grid` (h, w): (h·w, dim), as the release keys get it."""
@@ -78,7 +105,7 @@ class QueryCompressor(Compressor):
 
     def _release(self, features: torch.Tensor, grid: tuple[int, int]) -> CompressorOutput:
         kv = self.ln_kv(features)
-        key_pe = self.resized_pos_embed(grid).to(kv.dtype)
+        key_pe = self.key_pos_embed(grid, kv.dtype)
         q = self.ln_q(self.query) + self.pos_embed.to(self.query.dtype)
         q = q.unsqueeze(0).expand(features.shape[0], -1, -1)
         tokens, attention = self.attn(q, kv + key_pe, kv, need_weights=True, average_attn_weights=True)
@@ -86,7 +113,7 @@ class QueryCompressor(Compressor):
 
     def _paper(self, features: torch.Tensor, grid: tuple[int, int]) -> CompressorOutput:
         q = self.query + self.pos_embed.to(self.query.dtype)
-        keys = features + sincos_2d(self.dim, grid, features.dtype).to(features.device)
+        keys = features + self.key_pos_embed(grid, features.dtype)
         logits = torch.einsum("kd,pnd->pkn", q.to(features.dtype), keys)
         # Unscaled logits are large; softmax in at least float32 keeps half-precision runs stable.
         attention = logits.softmax(dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))

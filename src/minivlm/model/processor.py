@@ -6,7 +6,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -42,7 +42,9 @@ class Processor:
     every image is cut into n×n crops plus the whole image (LLaVA-Mini-HD); videos are
     never tiled. Labels cover assistant answers and their end-of-turn marker only;
     pre-fusion sees every text token except placeholders, padding and answers, in training
-    and at inference alike.
+    and at inference alike. `answers_in_prefusion="at_inference"` reproduces the released
+    LLaVA-Mini instead, whose inference fuses earlier answers of a multi-turn chat (which
+    its training never did).
     """
 
     def __init__(
@@ -53,7 +55,10 @@ class Processor:
         tokens_per_image: int,
         max_length: int | None = None,
         hd_grid: int = 1,
+        answers_in_prefusion: Literal["never", "at_inference"] = "never",
     ) -> None:
+        if answers_in_prefusion not in ("never", "at_inference"):
+            raise ValueError(f"answers_in_prefusion must be 'never' or 'at_inference', got {answers_in_prefusion!r}")
         if hd_grid < 1:
             raise ValueError(f"hd_grid must be >= 1, got {hd_grid}")
         if tokenizer.pad_token_id is None:
@@ -64,6 +69,7 @@ class Processor:
         self.tokens_per_image = tokens_per_image
         self.max_length = max_length
         self.hd_grid = hd_grid
+        self.answers_in_prefusion = answers_in_prefusion
 
     @property
     def eos_token_id(self) -> int:
@@ -79,6 +85,7 @@ class Processor:
         labels: list[int] = []
         fuse: list[bool] = []
         tags: list[str] = []
+        fuse_answers = add_generation_prompt and self.answers_in_prefusion == "at_inference"
         for piece in self.template.render(turns, add_generation_prompt):
             for chunk in _TAGS.split(piece.text):
                 if chunk in (IMAGE_TAG, VIDEO_TAG):
@@ -92,7 +99,7 @@ class Processor:
                 chunk_ids = self._tokenize(chunk)
                 ids += chunk_ids
                 labels += chunk_ids if piece.train else [IGNORE_INDEX] * len(chunk_ids)
-                fuse += [piece.fuse] * len(chunk_ids)
+                fuse += [piece.fuse or fuse_answers] * len(chunk_ids)
         return EncodedSample(ids, labels, fuse, tags)
 
     def llm_length(self, sample: EncodedSample, media: list[Media] | None = None) -> int:
@@ -187,6 +194,7 @@ class Processor:
             "tokens_per_image": self.tokens_per_image,
             "max_length": self.max_length,
             "hd_grid": self.hd_grid,
+            "answers_in_prefusion": self.answers_in_prefusion,
         }
         (directory / PROCESSOR_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
@@ -203,4 +211,5 @@ class Processor:
             tokens_per_image=config["tokens_per_image"],
             max_length=config["max_length"],
             hd_grid=config.get("hd_grid", 1),
+            answers_in_prefusion=config.get("answers_in_prefusion", "never"),
         )

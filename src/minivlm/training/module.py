@@ -40,7 +40,9 @@ class MiniVLMModule(L.LightningModule):
     """Trains a MiniVLM built from five parts named by `class_path` in the recipe.
 
     `train` lists the parts that learn; the others are frozen (and the encoder then runs
-    under no_grad). What trains is logged at the start of fitting. AdamW with linear warmup
+    under no_grad). `hd_grid` n > 1 makes every image n×n crops + the whole image
+    (LLaVA-Mini-HD); `frames_per_chunk` bounds how many images or frames are encoded and
+    pre-fused at once. What trains is logged at the start of fitting. AdamW with linear warmup
     over `warmup_ratio` of the steps, then cosine decay to zero.
     """
 
@@ -60,16 +62,23 @@ class MiniVLMModule(L.LightningModule):
         warmup_ratio: float = 0.03,
         max_length: int | None = None,
         max_new_tokens: int = 16,
+        hd_grid: int = 1,
+        frames_per_chunk: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["encoder", "compressor", "projector", "prefusion", "llm"])
-        self.model = MiniVLM(encoder, compressor, projector, prefusion, llm, vision_tokens=vision_tokens)
+        self.model = MiniVLM(
+            encoder, compressor, projector, prefusion, llm, vision_tokens=vision_tokens, frames_per_chunk=frames_per_chunk
+        )
         loaded = load_tokenizer(tokenizer)
         if len(loaded) > llm.vocab_size:
             raise ValueError(
                 f"tokenizer {tokenizer!r} has {len(loaded)} tokens but the LLM's vocabulary holds {llm.vocab_size}"
             )
-        self.processor = Processor(loaded, get_template(template), encoder.image_spec, self.model.tokens_per_image, max_length)
+        tokens_per_image = self.model.tokens_per_image if hd_grid == 1 else self.model.tokens_per_hd_image(hd_grid)
+        self.processor = Processor(
+            loaded, get_template(template), encoder.image_spec, tokens_per_image, max_length, hd_grid=hd_grid
+        )
         self.model.processor = self.processor
         self.train_parts = list(PARTS[1:] if train is None else train)
         unknown = set(self.train_parts) - set(PARTS)

@@ -36,6 +36,7 @@ KEY_RULES = (
     (r"^(?:language_model\.model|model\.language_model)\.", "llm.model.model."),
     (r"^(?:language_model\.)?lm_head\.", "llm.model.lm_head."),
 )
+VISION_HAS_CLS = {"clip_vision_model": True, "siglip_vision_model": False}
 LM_HEAD = "llm.model.lm_head.weight"
 EMBEDDINGS = "llm.model.model.embed_tokens.weight"
 
@@ -52,9 +53,18 @@ def _check_supported(config: LlavaConfig) -> None:
         raise NotImplementedError(
             f"vision_feature_layer={config.vision_feature_layer!r} is not supported: HFVisionEncoder takes one layer"
         )
-    if config.vision_feature_select_strategy not in ("default", "full"):
+    vision_type = config.vision_config.model_type
+    if vision_type not in VISION_HAS_CLS:
         raise NotImplementedError(
-            f"vision_feature_select_strategy={config.vision_feature_select_strategy!r} is not supported"
+            f"vision_config.model_type={vision_type!r} is not supported; supported: {', '.join(VISION_HAS_CLS)}"
+        )
+    # IdentityCompressor passes exactly the h x w patch grid, so the strategy must yield it:
+    # CLIP's CLS token dropped ("default"), SigLIP's patches all kept ("full").
+    strategy = config.vision_feature_select_strategy
+    if (strategy == "default") != VISION_HAS_CLS[vision_type]:
+        raise NotImplementedError(
+            f"vision_feature_select_strategy={strategy!r} is not supported with {vision_type}: "
+            "the LLM would not see exactly the patch grid"
         )
 
 
