@@ -34,3 +34,15 @@ def test_parts_page_compressor_plugs_into_minivlm():
     model = MiniVLM(tiny_encoder(), compressor, MLPProjector(VISION, WIDTH), NoPreFusion(),
                     HFLanguageModel(config=tiny_llm_config()))
     assert model.tokens_per_image == 1
+
+
+def test_media_page_example_builds_a_mixed_batch():
+    from conftest import shapes_processor, tiny_vlm
+
+    ns = run_python_blocks("media.md")
+    model = tiny_vlm()
+    batch = shapes_processor(model)(ns["conversations"], ns["media"])
+    assert batch.kinds == ("video", "image", "image") and batch.media_passes.tolist() == [8, 1, 1]
+    out = model(batch)
+    assert torch.isfinite(out.loss)
+    assert out.logits.shape[0] == 3

@@ -138,7 +138,8 @@ def convert_hf_llava(src: str, dst: str, tokenizer: str | None = None, template:
         src: Directory written by `LlavaForConditionalGeneration.save_pretrained` (config.json and
             model.safetensors, or shards with model.safetensors.index.json).
         dst: Directory to write the minivlm model to (created if missing).
-        tokenizer: Hub id or path of the tokenizer; defaults to the tokenizer files in `src`.
+        tokenizer: Hub id or path of a tokenizer to use instead of the tokenizer files in `src` (needed when
+            `src` has none).
         template: Chat template the model's processor uses (e.g. vicuna_v1 for LLaVA-1.5).
     """
     src_dir = Path(src)

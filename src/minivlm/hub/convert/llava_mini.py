@@ -26,7 +26,9 @@ from minivlm.projectors import LinearProjector, MLPProjector
 logger = logging.getLogger(__name__)
 
 MODEL_TYPE = "llava_mini_llama"
-REQUIRED_KEYS = ("mm_hidden_size", "mm_vision_select_layer", "mm_projector_type", "compressor_size", "prefusion_layer_num")
+REQUIRED_KEYS = (
+    "mm_hidden_size", "mm_vision_select_layer", "mm_projector_type", "compressor_size", "prefusion_layer_num",
+)
 # Keys LLaVA / LLaVA-Mini add to the Llama config (besides every `mm_*` key), and bookkeeping the
 # rebuilt Llama config must not inherit (parts are built in the default dtype; weights keep theirs).
 LLAVA_KEYS = frozenset({
@@ -34,7 +36,9 @@ LLAVA_KEYS = frozenset({
     "tokenizer_padding_side", "tokenizer_model_max_length", "tune_mm_mlp_adapter", "freeze_mm_mlp_adapter",
     "use_mm_proj", "unfreeze_mm_vision_tower",
 })
-BOOKKEEPING_KEYS = frozenset({"model_type", "architectures", "_name_or_path", "transformers_version", "torch_dtype", "dtype"})
+BOOKKEEPING_KEYS = frozenset(
+    {"model_type", "architectures", "_name_or_path", "transformers_version", "torch_dtype", "dtype"}
+)
 RELEASE_HEADS = 8  # the release's compressor is an 8-head nn.MultiheadAttention
 SHARD_VISION = "model.vision_tower.vision_tower.vision_model."
 POS_EMBED = "model.compressor.pos_embed"
@@ -72,7 +76,9 @@ def _read_config(src: Path) -> dict[str, Any]:
 
 def _drop_cls(select_feature: str) -> bool:
     if select_feature not in ("patch", "cls_patch"):
-        raise NotImplementedError(f"mm_vision_select_feature={select_feature!r} is not supported; use 'patch' or 'cls_patch'")
+        raise NotImplementedError(
+            f"mm_vision_select_feature={select_feature!r} is not supported; use 'patch' or 'cls_patch'"
+        )
     return select_feature == "patch"
 
 
@@ -200,7 +206,9 @@ def convert_llava_mini(src: str, dst: str, vision_tower: str | None = None, toke
     # Every weight comes from the checkpoint, so the parts are built on the meta device.
     with torch.device("meta"):
         model = MiniVLM(
-            encoder=HFVisionEncoder(config=vision_config, select_layer=config["mm_vision_select_layer"], drop_cls=drop_cls),
+            encoder=HFVisionEncoder(
+                config=vision_config, select_layer=config["mm_vision_select_layer"], drop_cls=drop_cls
+            ),
             compressor=QueryCompressor(width, config["compressor_size"], semantics="release", num_heads=RELEASE_HEADS),
             projector=LinearProjector(width, llm_width) if depth is None else MLPProjector(width, llm_width, depth),
             prefusion=DecoderPreFusion(num_layers=config["prefusion_layer_num"]),
@@ -225,6 +233,7 @@ def convert_llava_mini(src: str, dst: str, vision_tower: str | None = None, toke
         state |= apply_key_mapping(tower_tensors, rules, vision_target, ignore=drops)
     model.load_state_dict(state, strict=True, assign=True)
 
-    model.processor = Processor(loaded_tokenizer, get_template("llama3"), model.encoder.image_spec, model.tokens_per_image)
+    template = get_template("llama3")
+    model.processor = Processor(loaded_tokenizer, template, model.encoder.image_spec, model.tokens_per_image)
     model.save_pretrained(dst)
     logger.info("converted %s -> %s (%d tokens per image)", src, dst, model.tokens_per_image)
