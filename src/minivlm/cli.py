@@ -6,6 +6,7 @@ plain command whose options come from the typed signatures of the converter func
 
 from __future__ import annotations
 
+import logging
 import sys
 from argparse import ArgumentError
 
@@ -57,6 +58,8 @@ def convert(args: list[str]) -> None:
     from minivlm.hub.convert.hf_llava import convert_hf_llava
     from minivlm.hub.convert.llava_mini import convert_llava_mini
 
+    # Converters report what they drop and write through logging; show it on the terminal.
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     CLI({"hf-llava": convert_hf_llava, "llava-mini": convert_llava_mini}, args=args, prog="minivlm convert")
 
 

@@ -94,3 +94,21 @@ def test_bad_recipe_exits_before_training_with_one_line(tmp_path, capsys, edit, 
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("minivlm: error:")]
     assert len(err) == 1 and message in err[0], err
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_predict_generates_answers_from_the_vocabulary(tmp_path):
+    from minivlm.data.synthetic import COLOURS, COUNT_WORDS, YES_NO
+
+    cli = MiniVLMCLI(
+        MiniVLMModule,
+        subclass_mode_data=True,
+        args=["--config", SHAPES, "--data.init_args.test_size=8", "--data.init_args.batch_size=4",
+              "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}", "--model.max_new_tokens=3"],
+        run=False,
+    )
+    predictions = cli.trainer.predict(cli.model, datamodule=cli.datamodule)
+    answers = [answer for batch in predictions for answer in batch]
+    assert len(answers) == 8 and all(isinstance(a, str) for a in answers)
+    # An untrained model says anything, but only in words of the closed vocabulary, ≤ 3 of them.
+    assert all(len(a.split()) <= 3 for a in answers)
+    assert set(COLOURS) | set(COUNT_WORDS) | set(YES_NO)

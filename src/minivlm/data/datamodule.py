@@ -19,13 +19,15 @@ class ShapesDataset(Dataset):
     """`size` samples of the shapes task as one-turn conversations with one image each.
 
     With `blank_images` every image is replaced by a black one of the same size: the
-    text-only baseline, which shows how much an answer owes to the image.
+    text-only baseline, which shows how much an answer owes to the image. With
+    `prompts_only` the answers are left out (for generation).
     """
 
-    def __init__(self, task: ShapesTask, size: int, blank_images: bool = False) -> None:
+    def __init__(self, task: ShapesTask, size: int, blank_images: bool = False, prompts_only: bool = False) -> None:
         self.task = task
         self.size = size
         self.blank_images = blank_images
+        self.prompts_only = prompts_only
 
     def __len__(self) -> int:
         return self.size
@@ -33,23 +35,28 @@ class ShapesDataset(Dataset):
     def __getitem__(self, index: int) -> Record:
         sample = self.task.sample(index)
         image = np.zeros_like(sample.image) if self.blank_images else sample.image
-        turns = [Turn("user", f"<image> {sample.question}"), Turn("assistant", sample.answer)]
+        turns = [Turn("user", f"<image> {sample.question}")]
+        if not self.prompts_only:
+            turns.append(Turn("assistant", sample.answer))
         return turns, [image]
 
 
 class Collate:
     """Batches records with a Processor (a class, not a closure, so DataLoader workers can pickle it)."""
 
-    def __init__(self, processor: Processor) -> None:
+    def __init__(self, processor: Processor, add_generation_prompt: bool = False) -> None:
         self.processor = processor
+        self.add_generation_prompt = add_generation_prompt
 
     def __call__(self, records: list[Record]) -> Batch:
-        return self.processor([turns for turns, _ in records], [images for _, images in records])
+        conversations = [turns for turns, _ in records]
+        return self.processor(conversations, [images for _, images in records], self.add_generation_prompt)
 
 
 class ShapesDataModule(L.LightningDataModule):
     """The built-in synthetic shapes VQA task (`minivlm.data.synthetic`), split by seed:
-    train uses `seed`, validation `seed + 1`, test `seed + 2`.
+    train uses `seed`, validation `seed + 1`, test and predict `seed + 2` (predict gives
+    the test questions without answers, for `minivlm predict`).
 
     The Processor comes from the LightningModule being trained (`module.processor`), so
     tokenizer, template and image size always match the model.
@@ -75,25 +82,26 @@ class ShapesDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.blank_images = blank_images
-        self.collate: Collate | None = None
+        self.processor: Processor | None = None
 
     def setup(self, stage: str) -> None:
         module = self.trainer.lightning_module if self.trainer is not None else None
         processor = getattr(module, "processor", None)
         if not isinstance(processor, Processor):
             raise TypeError("ShapesDataModule needs a LightningModule with a `processor` (e.g. MiniVLMModule)")
-        self.collate = Collate(processor)
+        self.processor = processor
 
-    def _loader(self, seed_offset: int, size: int, shuffle: bool) -> DataLoader:
-        if self.collate is None:
+    def _loader(self, seed_offset: int, size: int, shuffle: bool, prompts_only: bool = False) -> DataLoader:
+        if self.processor is None:
             raise RuntimeError("ShapesDataModule.setup() has not run")
-        dataset = ShapesDataset(ShapesTask(self.image_size, self.seed + seed_offset), size, self.blank_images)
+        task = ShapesTask(self.image_size, self.seed + seed_offset)
+        dataset = ShapesDataset(task, size, self.blank_images, prompts_only)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
-            collate_fn=self.collate,
+            collate_fn=Collate(self.processor, add_generation_prompt=prompts_only),
             persistent_workers=self.num_workers > 0,
         )
 
@@ -105,3 +113,6 @@ class ShapesDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(2, self.test_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(2, self.test_size, shuffle=False, prompts_only=True)
