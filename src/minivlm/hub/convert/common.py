@@ -1,16 +1,17 @@
-"""Helpers every converter shares: reading a safetensors checkpoint directory and renaming its
-tensors strictly onto a minivlm model's state dict."""
+"""Helpers every converter shares: reading a safetensors checkpoint directory, renaming its
+tensors strictly onto a minivlm model's state dict, and loading a tokenizer with a pad token."""
 
 from __future__ import annotations
 
 import json
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -94,3 +95,30 @@ def apply_key_mapping(
     if ignored:
         logger.info("dropped %d source tensors by design: %s", len(ignored), ", ".join(ignored))
     return result
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+def load_tokenizer(
+    src: Path, tokenizer: str | None, pad_candidates: Callable[[PreTrainedTokenizerBase], list[str | None]]
+) -> PreTrainedTokenizerBase:
+    """The tokenizer named by `tokenizer`, else the one in `src`, with a pad token guaranteed.
+
+    Without a pad token, the first non-None of `pad_candidates(tokenizer)` becomes the pad;
+    padding is masked by length, never by id, so this only has to be an existing token.
+    """
+    if tokenizer is None:
+        if not any((src / name).is_file() for name in TOKENIZER_FILES):
+            raise FileNotFoundError(
+                f"{src} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); pass --tokenizer with a Hub id or path"
+            )
+        tokenizer = str(src)
+    loaded = AutoTokenizer.from_pretrained(tokenizer)
+    if loaded.pad_token is None:
+        pad = next((token for token in pad_candidates(loaded) if token is not None), None)
+        if pad is None:
+            raise ValueError(f"the tokenizer from {tokenizer} has no pad token and no fallback to pad with")
+        loaded.pad_token = pad
+        logger.warning("the tokenizer has no pad token; padding with %r (id %d)", pad, loaded.pad_token_id)
+    return loaded

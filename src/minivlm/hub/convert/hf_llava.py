@@ -9,20 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, LlavaConfig, PretrainedConfig, PreTrainedTokenizerBase
+from transformers import LlavaConfig, PretrainedConfig
 
 from minivlm.compressors import IdentityCompressor
 from minivlm.data.templates import get_template
 from minivlm.encoders import HFVisionEncoder
 from minivlm.fusion import NoPreFusion
-from minivlm.hub.convert.common import apply_key_mapping, load_safetensors_dir
+from minivlm.hub.convert.common import apply_key_mapping, load_safetensors_dir, load_tokenizer
 from minivlm.llms import HFLanguageModel
 from minivlm.model import MiniVLM, Processor
 from minivlm.projectors import MLPProjector
 
 logger = logging.getLogger(__name__)
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 # Source prefix -> minivlm prefix. Three on-disk layouts exist: transformers 4.x before 4.52
 # (`language_model.model.*`, `vision_tower.vision_model.*`, the layout of the llava-hf Hub
@@ -79,25 +78,6 @@ def _part_config(config: PretrainedConfig) -> dict[str, Any]:
     return values
 
 
-def _load_tokenizer(src: Path, tokenizer: str | None) -> PreTrainedTokenizerBase:
-    """The tokenizer named by `tokenizer`, else the one in `src`, with a pad token guaranteed."""
-    if tokenizer is None:
-        if not any((src / name).is_file() for name in TOKENIZER_FILES):
-            raise ValueError(
-                f"{src} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); pass --tokenizer with a Hub id or path"
-            )
-        tokenizer = str(src)
-    loaded = AutoTokenizer.from_pretrained(tokenizer)
-    if loaded.pad_token is None:
-        # Padding positions are masked out, so any existing token will do; unk never ends a turn.
-        fallback = "unk" if loaded.unk_token is not None else "eos"
-        if getattr(loaded, f"{fallback}_token") is None:
-            raise ValueError(f"the tokenizer from {tokenizer} has no pad, unk or eos token to pad with")
-        loaded.pad_token = getattr(loaded, f"{fallback}_token")
-        logger.warning("the tokenizer has no pad token; using its %s token %r as pad", fallback, loaded.pad_token)
-    return loaded
-
-
 def _build_model(config: LlavaConfig) -> MiniVLM:
     """The minivlm parts that compute what `LlavaForConditionalGeneration` computes, on the meta
     device: every weight comes from the checkpoint, so random initialisation would be wasted."""
@@ -152,7 +132,8 @@ def convert_hf_llava(src: str, dst: str, tokenizer: str | None = None, template:
     config = LlavaConfig.from_pretrained(src_dir)
     _check_supported(config)
     chat_template = get_template(template)
-    loaded_tokenizer = _load_tokenizer(src_dir, tokenizer)
+    # Padding positions are masked out; unk never ends a turn, so it is the safest fallback.
+    loaded_tokenizer = load_tokenizer(src_dir, tokenizer, lambda t: [t.unk_token, t.eos_token])
 
     model = _build_model(config)
     source = load_safetensors_dir(src_dir)

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, CLIPVisionConfig, PretrainedConfig, PreTrainedTokenizerBase
+from transformers import CLIPVisionConfig, PretrainedConfig, PreTrainedTokenizerBase
 
 from minivlm.compressors import QueryCompressor
 from minivlm.data.templates import get_template
 from minivlm.encoders import HFVisionEncoder
 from minivlm.fusion import DecoderPreFusion
-from minivlm.hub.convert.common import apply_key_mapping, load_safetensors_dir
+from minivlm.hub.convert.common import apply_key_mapping, load_safetensors_dir, load_tokenizer
 from minivlm.llms import HFLanguageModel
 from minivlm.model import MiniVLM, Processor
 from minivlm.model.pretrained import resolve_directory
@@ -50,7 +50,6 @@ KEY_RULES = (
     (r"^model\.(embed_tokens|layers|norm)\.", r"llm.model.model.\1."),
     (r"^lm_head\.", "llm.model.lm_head."),
 )
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 # What the release's Llama-3.1 training pads with (`pad_token_id = 128004`).
 RELEASE_PAD = "<|finetune_right_pad_id|>"
 
@@ -148,25 +147,10 @@ def _fit_pos_embed(source: dict[str, torch.Tensor], shape: torch.Size) -> None:
     source[POS_EMBED] = source[POS_EMBED].reshape(shape)
 
 
-def _load_tokenizer(src: Path, tokenizer: str | None) -> PreTrainedTokenizerBase:
-    """The tokenizer named by `tokenizer`, else the one in `src`, with a pad token guaranteed."""
-    if tokenizer is None:
-        if not any((src / name).is_file() for name in TOKENIZER_FILES):
-            raise FileNotFoundError(
-                f"{src} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); pass --tokenizer with a Hub id or path"
-            )
-        tokenizer = str(src)
-    loaded = AutoTokenizer.from_pretrained(tokenizer)
-    if loaded.pad_token is None:
-        # Padding is masked by length, never by id, so the choice only has to follow the release:
-        # its Llama-3.1 pad if the vocabulary has it, else id 0 (what its inference pads with).
-        vocab = loaded.get_vocab()
-        pad = RELEASE_PAD if RELEASE_PAD in vocab else loaded.convert_ids_to_tokens(0) or loaded.eos_token
-        if pad is None:
-            raise ValueError(f"the tokenizer from {tokenizer} has no pad token, no id 0 and no eos token to pad with")
-        loaded.pad_token = pad
-        logger.warning("the tokenizer has no pad token; padding with %r (id %d)", pad, loaded.pad_token_id)
-    return loaded
+def _release_pad_candidates(tokenizer: PreTrainedTokenizerBase) -> list[str | None]:
+    """The release's Llama-3.1 pad if the vocabulary has it, else id 0 (what its inference pads with), else eos."""
+    release_pad = RELEASE_PAD if RELEASE_PAD in tokenizer.get_vocab() else None
+    return [release_pad, tokenizer.convert_ids_to_tokens(0), tokenizer.eos_token]
 
 
 def convert_llava_mini(src: str, dst: str, vision_tower: str | None = None, tokenizer: str | None = None) -> None:
@@ -192,7 +176,7 @@ def convert_llava_mini(src: str, dst: str, vision_tower: str | None = None, toke
     config = _read_config(src_dir)
     drop_cls = _drop_cls(config.get("mm_vision_select_feature", "patch"))
     depth = _projector_depth(config["mm_projector_type"])
-    loaded_tokenizer = _load_tokenizer(src_dir, tokenizer)
+    loaded_tokenizer = load_tokenizer(src_dir, tokenizer, _release_pad_candidates)
     if config.get("image_aspect_ratio") == "pad":
         logger.warning("the release pads images to squares (image_aspect_ratio 'pad'); minivlm resizes them, so "
                        "pad non-square images yourself for exact parity")
