@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import VISION, WIDTH, shapes_processor, tiny_encoder, tiny_llm_config, tiny_vlm
+from conftest import WIDTH, shapes_processor, tiny_vlm
 from minivlm.compressors import QueryCompressor
 from minivlm.data.images import hd_views, image_to_tensor
 from minivlm.data.templates import Turn
@@ -41,28 +41,30 @@ def record_prefusion(model: MiniVLM) -> list[tuple[int, int, int]]:
     return calls
 
 
-def test_hd_at_the_papers_token_geometry():
-    """672 px as 2×2 crops of 336 px + the whole image, 14 px patches (24×24 = 576 per pass),
-    C = 8: 64 tokens reach the LLM and pre-fusion sees 2304 + 576 + 64 + L positions.
-    Widths are tiny; the token counts are the paper's."""
-    torch.manual_seed(0)
-    encoder = HFVisionEncoder(config=dict(
-        model_type="clip_vision_model", hidden_size=VISION, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, image_size=336, patch_size=14,
-    ))
-    model = MiniVLM(encoder, QueryCompressor(VISION, size=8, num_heads=4), MLPProjector(VISION, WIDTH),
-                    DecoderPreFusion(num_layers=1), HFLanguageModel(config=tiny_llm_config(max_position_embeddings=4096)))
-    processor = Processor(shapes_processor(tiny_vlm()).tokenizer, shapes_processor(tiny_vlm()).template,
-                          encoder.image_spec, model.tokens_per_hd_image(2), hd_grid=2)
+def test_hd_at_the_papers_shapes_on_the_meta_device():
+    """LLaVA-Mini-HD at full size (CLIP ViT-L/14-336, Vicuna-7B-shaped Llama, 4 pre-fusion
+    layers), built on the meta device: a 672 px image as 2×2 crops + the whole image, C = 8.
+    64 tokens reach the LLM; pre-fusion sees 2304 + 576 + 64 + L positions."""
+    with torch.device("meta"):
+        encoder = HFVisionEncoder(config=dict(
+            model_type="clip_vision_model", hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+            num_attention_heads=16, image_size=336, patch_size=14,
+        ))
+        llm = HFLanguageModel(config=dict(
+            model_type="llama", vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+            num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
+        ))
+        model = MiniVLM(encoder, QueryCompressor(1024, size=8), MLPProjector(1024, 4096), DecoderPreFusion(4), llm)
+    shapes = shapes_processor(tiny_vlm())
+    processor = Processor(shapes.tokenizer, shapes.template, encoder.image_spec, model.tokens_per_hd_image(2), hd_grid=2)
     batch = processor([ask("<image>")], [[picture(672)]])
     assert batch.pixel_values.shape == (5, 3, 336, 336) and batch.kinds == ("hd",)
     calls = record_prefusion(model)
-    with torch.no_grad():
-        inputs = model.assemble(batch)
+    inputs = model.assemble(batch)  # the batch stays on the CPU: token bookkeeping runs for real
     text_len = batch.input_ids.shape[1]
     assert calls == [(2304 + 576, 64, text_len)]
     assert int(inputs.media_mask.sum()) == 64
-    assert inputs.embeds.shape[1] == text_len - 1 + 64
+    assert inputs.embeds.shape == (1, text_len - 1 + 64, 4096) and inputs.embeds.is_meta
 
 
 def test_hd_views_are_row_major_crops_then_the_whole_image():

@@ -51,7 +51,8 @@ def splice_media(
         raise ValueError(f"media items need {wanted} tokens in total but {num_tokens} media tokens were given")
 
     b, _, d = text_embeds.shape
-    device = text_embeds.device
+    # Bookkeeping lives with the ids (the masks come back on their device); data stays with the embeddings.
+    device = input_ids.device
     # Each input position becomes `width` output positions: 1 for text, K for a placeholder, 0 for padding.
     width = attention_mask.long()
     if num_items:
@@ -77,7 +78,7 @@ def splice_media(
         boundaries.index_put_((ph_rows, first + width[ph_rows, ph_cols]), -ones, accumulate=True)
     media_mask = boundaries.cumsum(dim=1)[:, :t] > 0
     if num_items:
-        embeds = embeds.masked_scatter(media_mask[..., None], media_tokens.to(embeds.dtype))
+        embeds = embeds.masked_scatter(media_mask[..., None].to(embeds.device), media_tokens.to(embeds.dtype))
 
     out_mask = torch.arange(t, device=device)[None, :] < lengths[:, None]
     out_labels = None

@@ -174,36 +174,44 @@ class MiniVLM(nn.Module):
         if batch.pixel_values is None:
             return splice_media(text, batch.input_ids, batch.attention_mask, None, None, batch.labels)
         plan = _plan_units(batch)
-        pixels = batch.pixel_values.to(self._pixel_dtype)
+        pixels = batch.pixel_values.to(**self._pixel_placement)
         unit_tokens: list[torch.Tensor | None] = [None] * plan.num_units
         fused_sum = torch.zeros_like(text)
         fused_count = torch.zeros(text.shape[0], dtype=text.dtype, device=text.device)
         for tiles, units in plan.groups.items():
             for chunk in _chunks(units, self.frames_per_chunk):
-                rows = torch.tensor([u.row for u in chunk], device=text.device)
+                rows = torch.tensor([u.row for u in chunk], device=batch.input_ids.device)
                 passes = torch.tensor([p for u in chunk for p in u.passes], device=pixels.device)
                 vision, compressed = self.encode_media(pixels[passes], hd_tiles=tiles)
                 prefused, fused_text = self.prefusion(
-                    vision if vision is not None else compressed[:, :0], compressed, text[rows], batch.prefusion_mask[rows]
+                    vision if vision is not None else compressed[:, :0],
+                    compressed,
+                    text[rows],
+                    batch.prefusion_mask[rows].to(text.device),
                 )
                 tokens = prefused if self.vision_tokens == "prefused" else compressed
                 for unit, unit_output in zip(chunk, tokens.unbind(0)):
                     unit_tokens[unit.index] = unit_output
+                rows = rows.to(text.device)
                 fused_sum = fused_sum.index_add(0, rows, fused_text.to(text.dtype))
                 fused_count = fused_count.index_add(0, rows, torch.ones_like(rows, dtype=text.dtype))
         fused = fused_sum / fused_count.clamp(min=1)[:, None, None]
         # Only fused prompt slots of samples with media change; everything else stays bit-exact.
-        keep_fused = batch.prefusion_mask & (fused_count > 0)[:, None]
+        keep_fused = batch.prefusion_mask.to(text.device) & (fused_count > 0)[:, None]
         text = torch.where(keep_fused[..., None], fused, text)
         tokens = torch.cat(unit_tokens, dim=0)
         tokens_per_item = torch.tensor(
-            [sum(unit_tokens[u].shape[0] for u in item) for item in plan.items], dtype=torch.long, device=text.device
+            [sum(unit_tokens[u].shape[0] for u in item) for item in plan.items],
+            dtype=torch.long,
+            device=batch.input_ids.device,
         )
         return splice_media(text, batch.input_ids, batch.attention_mask, tokens, tokens_per_item, batch.labels)
 
     @property
-    def _pixel_dtype(self) -> torch.dtype:
-        return next(self.encoder.parameters()).dtype
+    def _pixel_placement(self) -> dict:
+        """Pixels go to the encoder's device and dtype."""
+        weight = next(self.encoder.parameters())
+        return {"device": weight.device, "dtype": weight.dtype}
 
     def forward(self, batch: Batch) -> MiniVLMOutput:
         inputs = self.assemble(batch)
