@@ -49,7 +49,7 @@ def test_help_lists_the_subcommands(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("fit", "validate", "test", "predict"):
+    for command in ("fit", "validate", "test", "predict", "convert"):
         assert command in out
 
 
