@@ -43,7 +43,7 @@ class MiniVLMCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
-        except (ValueError, TypeError, KeyError, OSError, ImportError) as error:
+        except Exception as error:  # anything raised while building parts is a recipe problem
             raise ConfigError(f"{type(error).__name__}: {error}") from error
 
 

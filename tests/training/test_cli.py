@@ -77,6 +77,10 @@ def _unknown_part(c):
     c["model"]["train"] = ["encoder", "decoder"]
 
 
+def _bad_value_inside_a_part_config(c):
+    c["model"]["encoder"]["init_args"]["config"]["patch_size"] = "16"
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
@@ -84,6 +88,7 @@ def _unknown_part(c):
         (_bad_width, "MLPProjector produces width 96 but HFLanguageModel expects width 128"),
         (_missing_argument, "the following arguments are required: dim"),
         (_unknown_part, "model.train"),
+        (_bad_value_inside_a_part_config, "patch_size"),
     ],
 )
 def test_bad_recipe_exits_before_training_with_one_line(tmp_path, capsys, edit, message):

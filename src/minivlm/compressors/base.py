@@ -54,8 +54,8 @@ class Compressor(nn.Module):
         raise NotImplementedError
 
     def tokens_for_grid(self, grid: tuple[int, int]) -> int:
-        """How many tokens one encoder pass on `grid` becomes (K, or h*w for no compression)."""
-        raise NotImplementedError
+        """How many tokens features on `grid` become: `num_tokens` unless K depends on the grid."""
+        return self.num_tokens
 
     def forward(self, features: torch.Tensor, grid: tuple[int, int]) -> CompressorOutput:
         raise NotImplementedError

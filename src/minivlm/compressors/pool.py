@@ -26,9 +26,6 @@ class PoolCompressor(Compressor):
     def num_tokens(self) -> int:
         return self.size * self.size
 
-    def tokens_for_grid(self, grid: tuple[int, int]) -> int:
-        return self.num_tokens
-
     def init_args_for_export(self) -> dict:
         return {"dim": self.dim, "size": self.size, "placement": self.placement}
 
