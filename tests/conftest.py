@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+# Tests never touch the network: any accidental Hub lookup fails at once instead of hanging.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 import pytest
 import torch
 
