@@ -79,9 +79,10 @@ def test_text_is_detached_on_the_way_in():
     fusion = attached(layers=1)
     text = torch.randn(1, 3, WIDTH, requires_grad=True)
     _, fused = fusion(torch.randn(1, 2, WIDTH), torch.randn(1, 1, WIDTH), text, torch.ones(1, 3, dtype=torch.bool))
-    assert not fused.requires_grad or fused.grad_fn is not None
+    assert fused.requires_grad  # through the pre-fusion layers' own weights
     fused.sum().backward()
     assert text.grad is None
+    assert fusion.layers[0].self_attn.q_proj.weight.grad is not None
 
 
 def test_no_prefusion_is_identity():

@@ -62,7 +62,7 @@ class MiniVLM(nn.Module):
         self,
         encoder: VisionEncoder,
         compressor: Compressor,
-        projector: nn.Module,
+        projector: Projector,
         prefusion: PreFusion,
         llm: LanguageModel,
         vision_tokens: Literal["prefused", "compressed"] = "prefused",
