@@ -17,6 +17,7 @@ logger = logging.getLogger(__name__)
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
 def load_safetensors_dir(directory: str | Path) -> dict[str, torch.Tensor]:
@@ -96,8 +97,6 @@ def apply_key_mapping(
         logger.info("dropped %d source tensors by design: %s", len(ignored), ", ".join(ignored))
     return result
 
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
 def load_tokenizer(
