@@ -15,12 +15,16 @@ def run_python_blocks(page: str) -> dict:
     return namespace
 
 
-def test_model_page_example_trains_and_generates():
+def test_model_page_example_trains_generates_saves_and_loads(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the page saves to ./my-model
     ns = run_python_blocks("model.md")
     assert torch.isfinite(ns["out"].loss)
     assert ns["model"].tokens_per_image == 1
     assert ns["tokens"].shape[0] == 1 and 1 <= ns["tokens"].shape[1] <= 4
     assert all(p.grad is not None for p in ns["model"].compressor.parameters())
+    assert (tmp_path / "my-model" / "model.safetensors").is_file()
+    with torch.no_grad():
+        assert torch.equal(ns["same"](ns["batch"]).logits, ns["model"](ns["batch"]).logits)
 
 
 def test_parts_page_compressor_plugs_into_minivlm():
