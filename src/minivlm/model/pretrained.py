@@ -41,7 +41,10 @@ def part_spec(part: nn.Module) -> dict[str, Any]:
                     "store it or define init_args_for_export()"
                 )
             init_args[name] = getattr(part, name)
-    json.dumps(init_args)  # fail here, naming nothing odd later, if an argument is not plain JSON
+    try:
+        json.dumps(init_args)
+    except TypeError as error:
+        raise TypeError(f"cannot export {cls.__name__}: its constructor arguments are not plain JSON ({error})") from error
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
 
 

@@ -8,6 +8,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -18,6 +19,14 @@ logger = logging.getLogger(__name__)
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+# Config entries that describe a checkpoint, not an architecture. Parts are built in the
+# default dtype like every minivlm part; the weights keep their own dtype on disk.
+BOOKKEEPING_KEYS = frozenset({"architectures", "_name_or_path", "transformers_version", "torch_dtype", "dtype"})
+
+
+def architecture_only(values: dict[str, Any]) -> dict[str, Any]:
+    """A config dict without the checkpoint bookkeeping in `BOOKKEEPING_KEYS`."""
+    return {key: value for key, value in values.items() if key not in BOOKKEEPING_KEYS}
 
 
 def load_safetensors_dir(directory: str | Path) -> dict[str, torch.Tensor]:

@@ -15,7 +15,7 @@ from minivlm.compressors import IdentityCompressor
 from minivlm.data.templates import get_template
 from minivlm.encoders import HFVisionEncoder
 from minivlm.fusion import NoPreFusion
-from minivlm.hub.convert.common import apply_key_mapping, load_safetensors_dir, load_tokenizer
+from minivlm.hub.convert.common import apply_key_mapping, architecture_only, load_safetensors_dir, load_tokenizer
 from minivlm.llms import HFLanguageModel
 from minivlm.model import MiniVLM, Processor
 from minivlm.projectors import MLPProjector
@@ -69,13 +69,7 @@ def _check_supported(config: LlavaConfig) -> None:
 
 def _part_config(config: PretrainedConfig) -> dict[str, Any]:
     """A sub-config as the dict a minivlm part takes."""
-    values = config.to_diff_dict()
-    values["model_type"] = config.model_type
-    # Parts are built in the default dtype like every minivlm part; the weights keep their
-    # own dtype on disk and are cast when the model is loaded.
-    for key in ("dtype", "torch_dtype", "transformers_version"):
-        values.pop(key, None)
-    return values
+    return architecture_only(config.to_diff_dict()) | {"model_type": config.model_type}
 
 
 def _build_model(config: LlavaConfig) -> MiniVLM:

@@ -17,7 +17,7 @@ from minivlm.compressors import QueryCompressor
 from minivlm.data.templates import get_template
 from minivlm.encoders import HFVisionEncoder
 from minivlm.fusion import DecoderPreFusion
-from minivlm.hub.convert.common import apply_key_mapping, load_safetensors_dir, load_tokenizer
+from minivlm.hub.convert.common import apply_key_mapping, architecture_only, load_safetensors_dir, load_tokenizer
 from minivlm.llms import HFLanguageModel
 from minivlm.model import MiniVLM, Processor
 from minivlm.model.pretrained import resolve_directory
@@ -29,16 +29,12 @@ MODEL_TYPE = "llava_mini_llama"
 REQUIRED_KEYS = (
     "mm_hidden_size", "mm_vision_select_layer", "mm_projector_type", "compressor_size", "prefusion_layer_num",
 )
-# Keys LLaVA / LLaVA-Mini add to the Llama config (besides every `mm_*` key), and bookkeeping the
-# rebuilt Llama config must not inherit (parts are built in the default dtype; weights keep theirs).
+# Keys LLaVA / LLaVA-Mini add to the Llama config (besides every `mm_*` key).
 LLAVA_KEYS = frozenset({
     "compressor_size", "prefusion_layer_num", "resolution_ratio", "image_aspect_ratio", "image_grid_pinpoints",
     "tokenizer_padding_side", "tokenizer_model_max_length", "tune_mm_mlp_adapter", "freeze_mm_mlp_adapter",
     "use_mm_proj", "unfreeze_mm_vision_tower",
 })
-BOOKKEEPING_KEYS = frozenset(
-    {"model_type", "architectures", "_name_or_path", "transformers_version", "torch_dtype", "dtype"}
-)
 RELEASE_HEADS = 8  # the release's compressor is an 8-head nn.MultiheadAttention
 SHARD_VISION = "model.vision_tower.vision_tower.vision_model."
 POS_EMBED = "model.compressor.pos_embed"
@@ -95,8 +91,8 @@ def _projector_depth(projector_type: str) -> int | None:
 
 def _llama_config(config: dict[str, Any]) -> dict[str, Any]:
     """The Llama config inside LLaVA-Mini's: config.json without the LLaVA keys."""
-    llama = {k: v for k, v in config.items() if not k.startswith("mm_") and k not in LLAVA_KEYS | BOOKKEEPING_KEYS}
-    return {"model_type": "llama", **llama}
+    llama = {k: v for k, v in architecture_only(config).items() if not k.startswith("mm_") and k not in LLAVA_KEYS}
+    return llama | {"model_type": "llama"}
 
 
 def _vision_tower_dir(vision_tower: str | None, config: dict[str, Any], src: Path, in_shards: bool) -> Path:
@@ -120,9 +116,7 @@ def _vision_config(tower: Path) -> tuple[dict[str, Any], bool]:
     model_type = PretrainedConfig.get_config_dict(str(tower))[0].get("model_type")
     if model_type not in ("clip", "clip_vision_model"):
         raise ValueError(f"the vision tower {tower} has model_type {model_type!r}; LLaVA-Mini uses a CLIP vision tower")
-    values = CLIPVisionConfig.from_pretrained(tower).to_dict()
-    for key in ("dtype", "torch_dtype", "transformers_version", "architectures"):
-        values.pop(key, None)
+    values = architecture_only(CLIPVisionConfig.from_pretrained(tower).to_dict())
     return values, model_type == "clip"
 
 
