@@ -12,11 +12,12 @@ import torch
 
 from minivlm.compressors import QueryCompressor
 from minivlm.data.synthetic import build_shapes_tokenizer
-from minivlm.data.templates import get_template
+from minivlm.processing.templates import get_template
 from minivlm.encoders import HFVisionEncoder
 from minivlm.fusion import DecoderPreFusion
 from minivlm.llms import HFLanguageModel
-from minivlm.model import MiniVLM, Processor
+from minivlm.model import MiniVLM
+from minivlm.processing import Processor
 from minivlm.projectors import MLPProjector
 
 VISION = 32

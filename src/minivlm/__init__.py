@@ -4,7 +4,8 @@ from minivlm.compressors import Compressor, IdentityCompressor, PoolCompressor, 
 from minivlm.encoders import HFVisionEncoder, ImageSpec, TimmVisionEncoder, VisionEncoder
 from minivlm.fusion import DecoderPreFusion, NoPreFusion, PreFusion
 from minivlm.llms import HFLanguageModel, LanguageModel
-from minivlm.model import Batch, MiniVLM, MiniVLMOutput, Processor, WidthMismatchError
+from minivlm.model import MiniVLM, MiniVLMOutput, WidthMismatchError
+from minivlm.processing import Batch, Processor
 from minivlm.projectors import LinearProjector, MLPProjector, Projector
 
 __version__ = "0.1.0"

@@ -14,11 +14,11 @@ from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 from minivlm.cli import main
 from minivlm.data.synthetic import build_shapes_tokenizer
-from minivlm.data.templates import Turn
+from minivlm.processing.templates import Turn
 from minivlm.hub.convert.common import load_safetensors_dir
 from minivlm.hub.convert.hf_llava import convert_hf_llava
 from minivlm.model import MiniVLM
-from minivlm.model.batch import PLACEHOLDER_ID
+from minivlm.processing.batch import PLACEHOLDER_ID
 
 IMAGE_TOKEN = 63  # inside the LLM's 64-entry vocabulary, as transformers' LLaVA requires
 TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8)

@@ -13,7 +13,7 @@ from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionMode
 from conftest import VISION, WIDTH, tiny_llm_config
 from minivlm.cli import main
 from minivlm.compressors import QueryCompressor
-from minivlm.data.templates import Turn
+from minivlm.processing.templates import Turn
 from minivlm.fusion import DecoderPreFusion
 from minivlm.hub.convert.llava_mini import convert_llava_mini
 from minivlm.llms import HFLanguageModel

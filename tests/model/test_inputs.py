@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from minivlm.model.batch import IGNORE_INDEX, PLACEHOLDER_ID
+from minivlm.processing.batch import IGNORE_INDEX, PLACEHOLDER_ID
 from minivlm.model.inputs import splice_media, stitch_tiles, to_left_padding
 
 P = PLACEHOLDER_ID

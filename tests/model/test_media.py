@@ -6,14 +6,14 @@ import torch
 
 from conftest import WIDTH, shapes_processor, tiny_vlm
 from minivlm.compressors import QueryCompressor
-from minivlm.data.images import hd_views, image_to_tensor
-from minivlm.data.templates import Turn
-from minivlm.data.video import Video
+from minivlm.processing.images import hd_views, image_to_tensor
+from minivlm.processing.templates import Turn
+from minivlm.processing.video import Video
 from minivlm.encoders import HFVisionEncoder
 from minivlm.fusion import DecoderPreFusion
 from minivlm.llms import HFLanguageModel
 from minivlm.model import MiniVLM
-from minivlm.model.processor import Processor
+from minivlm.processing.processor import Processor
 from minivlm.projectors import MLPProjector
 
 rng = np.random.default_rng(0)

@@ -6,11 +6,11 @@ import torch
 
 from conftest import VISION, WIDTH, shapes_processor, tiny_encoder, tiny_llm_config, tiny_vlm
 from minivlm.compressors import PoolCompressor, QueryCompressor
-from minivlm.data.templates import Turn
+from minivlm.processing.templates import Turn
 from minivlm.fusion import DecoderPreFusion, NoPreFusion
 from minivlm.llms import HFLanguageModel
 from minivlm.model import MiniVLM, WidthMismatchError
-from minivlm.model.batch import IGNORE_INDEX
+from minivlm.processing.batch import IGNORE_INDEX
 from minivlm.projectors import MLPProjector
 
 

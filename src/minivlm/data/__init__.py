@@ -1,1 +1,1 @@
-"""Data: records, chat templates, images and the built-in synthetic task."""
+"""Data: records, shards, DataModules and the built-in synthetic task."""

@@ -6,11 +6,11 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from minivlm.data.images import ImageInput
+from minivlm.processing.images import ImageInput
 from minivlm.data.synthetic import ShapesTask
-from minivlm.data.templates import Turn
-from minivlm.model.batch import Batch
-from minivlm.model.processor import Processor
+from minivlm.processing.templates import Turn
+from minivlm.processing.batch import Batch
+from minivlm.processing.processor import Processor
 
 Record = tuple[list[Turn], list[ImageInput]]
 

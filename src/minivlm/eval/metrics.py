@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric
 
-from minivlm.model.batch import IGNORE_INDEX
+from minivlm.processing.batch import IGNORE_INDEX
 
 
 class ExactMatch(Metric):

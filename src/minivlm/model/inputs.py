@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from minivlm.model.batch import IGNORE_INDEX, PLACEHOLDER_ID
+from minivlm.processing.batch import IGNORE_INDEX, PLACEHOLDER_ID
 
 
 @dataclass

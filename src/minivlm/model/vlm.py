@@ -16,10 +16,10 @@ from minivlm.compressors.base import Compressor
 from minivlm.encoders.base import VisionEncoder
 from minivlm.fusion.base import PreFusion
 from minivlm.llms.base import LanguageModel
-from minivlm.model.batch import IGNORE_INDEX, Batch
+from minivlm.processing.batch import IGNORE_INDEX, Batch
 from minivlm.model import pretrained
 from minivlm.model.inputs import LLMInputs, splice_media, stitch_tiles, to_left_padding
-from minivlm.model.processor import PROCESSOR_FILE, Processor
+from minivlm.processing.processor import PROCESSOR_FILE, Processor
 from minivlm.projectors.base import Projector
 
 

@@ -12,13 +12,13 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from minivlm.compressors.base import Compressor
 from minivlm.data.synthetic import build_shapes_tokenizer
-from minivlm.data.templates import get_template
+from minivlm.processing.templates import get_template
 from minivlm.encoders.base import VisionEncoder
 from minivlm.eval.metrics import ExactMatch
 from minivlm.fusion.base import PreFusion
 from minivlm.llms.base import LanguageModel
-from minivlm.model.batch import Batch
-from minivlm.model.processor import Processor
+from minivlm.processing.batch import Batch
+from minivlm.processing.processor import Processor
 from minivlm.model.vlm import MiniVLM
 from minivlm.projectors.base import Projector
 

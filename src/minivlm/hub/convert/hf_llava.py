@@ -12,12 +12,13 @@ import torch
 from transformers import LlavaConfig, PretrainedConfig
 
 from minivlm.compressors import IdentityCompressor
-from minivlm.data.templates import get_template
+from minivlm.processing.templates import get_template
 from minivlm.encoders import HFVisionEncoder
 from minivlm.fusion import NoPreFusion
 from minivlm.hub.convert.common import apply_key_mapping, architecture_only, load_safetensors_dir, load_tokenizer
 from minivlm.llms import HFLanguageModel
-from minivlm.model import MiniVLM, Processor
+from minivlm.model import MiniVLM
+from minivlm.processing import Processor
 from minivlm.projectors import MLPProjector
 
 logger = logging.getLogger(__name__)

@@ -14,12 +14,13 @@ import torch
 from transformers import CLIPVisionConfig, PretrainedConfig, PreTrainedTokenizerBase
 
 from minivlm.compressors import QueryCompressor
-from minivlm.data.templates import get_template
+from minivlm.processing.templates import get_template
 from minivlm.encoders import HFVisionEncoder
 from minivlm.fusion import DecoderPreFusion
 from minivlm.hub.convert.common import apply_key_mapping, architecture_only, load_safetensors_dir, load_tokenizer
 from minivlm.llms import HFLanguageModel
-from minivlm.model import MiniVLM, Processor
+from minivlm.model import MiniVLM
+from minivlm.processing import Processor
 from minivlm.model.pretrained import resolve_directory
 from minivlm.projectors import LinearProjector, MLPProjector
 

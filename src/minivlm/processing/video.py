@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minivlm.data.images import ImageInput
+from minivlm.processing.images import ImageInput
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from conftest import shapes_processor, tiny_vlm
-from minivlm.data.templates import Turn
-from minivlm.model.batch import IGNORE_INDEX, PLACEHOLDER_ID
-from minivlm.model.processor import Processor
+from minivlm.processing.templates import Turn
+from minivlm.processing.batch import IGNORE_INDEX, PLACEHOLDER_ID
+from minivlm.processing.processor import Processor
 
 
 @pytest.fixture(scope="module")

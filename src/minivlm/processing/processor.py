@@ -11,11 +11,11 @@ from typing import Any, Literal
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from minivlm.data.images import ImageInput, hd_views, image_to_tensor
-from minivlm.data.templates import ChatTemplate, Turn, get_template
-from minivlm.data.video import Video
+from minivlm.processing.images import ImageInput, hd_views, image_to_tensor
+from minivlm.processing.templates import ChatTemplate, Turn, get_template
+from minivlm.processing.video import Video
 from minivlm.encoders.base import ImageSpec
-from minivlm.model.batch import IGNORE_INDEX, PLACEHOLDER_ID, Batch, MediaKind
+from minivlm.processing.batch import IGNORE_INDEX, PLACEHOLDER_ID, Batch, MediaKind
 
 IMAGE_TAG = "<image>"
 VIDEO_TAG = "<video>"

@@ -4,7 +4,7 @@ import av
 import numpy as np
 import pytest
 
-from minivlm.data.video import Video, load_video, segment_midpoints
+from minivlm.processing.video import Video, load_video, segment_midpoints
 
 
 def write_video(path, frames: int, fps: int = 4, size: int = 32) -> None:
