@@ -25,6 +25,7 @@ commands:
   predict    generate answers for the predict set
   convert    turn another project's checkpoint into a minivlm model directory
              (minivlm convert hf-llava SRC DST | minivlm convert llava-mini SRC DST)
+  shards     LLaVA JSON + media folder -> WebDataset shards (minivlm shards --annotations A --media-root M --out D)
 
 `minivlm <command> --help` lists every option of a command."""
 
@@ -63,6 +64,22 @@ def convert(args: list[str]) -> None:
     CLI({"hf-llava": convert_hf_llava, "llava-mini": convert_llava_mini}, args=args, prog="minivlm convert")
 
 
+def shards(args: list[str]) -> None:
+    """`minivlm shards --annotations FILE --media-root DIR --out DIR [options]`."""
+    from minivlm.data.shards import shards_command
+
+    # Accept --media-root as well as --media_root (jsonargparse names options after the parameters).
+    args = [_underscored(arg) for arg in args]
+    CLI(shards_command, args=args, prog="minivlm shards")
+
+
+def _underscored(arg: str) -> str:
+    if not arg.startswith("--"):
+        return arg
+    name, sep, value = arg.partition("=")
+    return "--" + name[2:].replace("-", "_") + sep + value
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the `minivlm` console script."""
     args = sys.argv[1:] if args is None else args
@@ -72,6 +89,8 @@ def main(args: list[str] | None = None) -> None:
     try:
         if args[0] == "convert":
             convert(args[1:])
+        elif args[0] == "shards":
+            shards(args[1:])
         elif args[0] in TRAINING_COMMANDS or args[0].startswith("-"):
             MiniVLMCLI(
                 MiniVLMModule,
