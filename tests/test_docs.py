@@ -50,3 +50,9 @@ def test_media_page_example_builds_a_mixed_batch():
     out = model(batch)
     assert torch.isfinite(out.loss)
     assert out.logits.shape[0] == 3
+
+
+def test_conversations_page_labels_only_the_answer_and_its_end(capsys):
+    ns = run_python_blocks("conversations.md")
+    assert capsys.readouterr().out.strip() == "['yes', '<|end|>']"
+    assert ns["processor"].square == "pad" and ns["processor"].max_length == 32

@@ -6,7 +6,9 @@ import torch
 
 from conftest import WIDTH, shapes_processor, tiny_vlm
 from minivlm.compressors import QueryCompressor
-from minivlm.processing.images import hd_views, image_to_tensor
+from minivlm.processing.processor import SampleError
+from minivlm.processing.images import hd_views, image_to_tensor, normalise
+from minivlm.specs import ImageSpec
 from minivlm.processing.templates import Turn
 from minivlm.processing.video import Video
 from minivlm.encoders import HFVisionEncoder
@@ -70,7 +72,7 @@ def test_hd_at_the_papers_shapes_on_the_meta_device():
 def test_hd_views_are_row_major_crops_then_the_whole_image():
     image = np.zeros((64, 64, 3), dtype=np.uint8)
     image[:32, 32:] = 255  # top-right quarter white
-    views = hd_views(image, 2, 32)
+    views = hd_views(image, 2, ImageSpec(32, (0.5,) * 3, (0.5,) * 3))
     means = [np.asarray(v).mean() for v in views]
     assert means[:4] == [0, 255, 0, 0]
     assert 60 < means[4] < 70
@@ -126,7 +128,7 @@ def mixed_batch(processor: Processor):
     samples = [processor.encode(turns) for turns in conversations]
     spec = processor.image_spec
     image = [image_to_tensor(picture(), spec)]
-    hd = [image_to_tensor(v, spec) for v in hd_views(picture(64), 2, spec.size)]
+    hd = [normalise(v, spec) for v in hd_views(picture(64), 2, spec)]
     frames = [image_to_tensor(picture(), spec) for _ in range(3)]
     return processor.collate(samples, image + hd + frames, [1, 5, 3], ["image", "hd", "video"])
 
@@ -177,7 +179,8 @@ def test_several_images_in_one_sample():
 
 def test_media_tag_and_item_must_agree():
     processor = shapes_processor(tiny_vlm())
-    with pytest.raises(TypeError, match="<video> needs a Video"):
+    with pytest.raises(SampleError, match="conversation 0: media item 0: <video> needs a Video") as raised:
         processor([ask("<video>")], [[picture()]])
-    with pytest.raises(TypeError, match="use <video> for videos"):
+    assert raised.value.reason == "placeholder_mismatch"
+    with pytest.raises(SampleError, match="use <video> for videos"):
         processor([ask("<image>")], [[video(2)]])

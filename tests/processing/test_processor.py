@@ -7,7 +7,7 @@ import torch
 from conftest import shapes_processor, tiny_vlm
 from minivlm.processing.templates import Turn
 from minivlm.processing.batch import IGNORE_INDEX, PLACEHOLDER_ID
-from minivlm.processing.processor import Processor
+from minivlm.processing.processor import Processor, SampleError
 
 
 @pytest.fixture(scope="module")
@@ -63,20 +63,12 @@ def test_generation_prompt_ends_on_assistant_header(processor):
 
 def test_errors_name_the_conversation(processor):
     turns = [Turn("user", "<image> Is there a red circle ?"), Turn("assistant", "yes")]
-    with pytest.raises(ValueError, match="conversation 0 has 1 media tags but 2 media items"):
+    with pytest.raises(SampleError, match="conversation 0: 1 media tags in the text but 2 media items") as raised:
         processor([turns], [[image(), image()]])
-    with pytest.raises(ValueError, match="turns must alternate"):
-        processor([[Turn("assistant", "yes")]], [[]])
-
-
-def test_max_length_counts_image_tokens():
-    model = tiny_vlm(compressor=None)
-    proc = shapes_processor(model)
-    turns = [Turn("user", "<image> Is there a red circle ?"), Turn("assistant", "yes")]
-    n = proc.llm_length(proc.encode(turns))
-    proc.max_length = n - 1
-    with pytest.raises(ValueError, match=f"conversation 0 is {n} LLM tokens long, over max_length={n - 1}"):
-        proc([turns], [[image()]])
+    assert raised.value.reason == "placeholder_mismatch"
+    with pytest.raises(SampleError, match="conversation 1: turn 0 has role 'assistant'; turns must alternate") as raised:
+        processor([turns, [Turn("assistant", "yes")]], [[image()], []])
+    assert raised.value.reason == "bad_conversation"
 
 
 def test_save_and_load_round_trip(processor, tmp_path):

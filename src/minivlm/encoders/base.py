@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from minivlm.specs import ImageSpec
 
-@dataclass(frozen=True)
-class ImageSpec:
-    """How pixels must be prepared for an encoder: square size and per-channel normalisation."""
-
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+__all__ = ["ImageSpec", "VisionEncoder"]
 
 
 class VisionEncoder(nn.Module):

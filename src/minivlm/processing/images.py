@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
+from typing import Literal, Union
 
 import numpy as np
 import torch
 from PIL import Image
 
-from minivlm.encoders.base import ImageSpec
+from minivlm.specs import ImageSpec
 
 ImageInput = Union[Image.Image, np.ndarray, str, Path]
+# How a non-square image becomes square: LLaVA-1.5's pad-to-square with the mean colour,
+# CLIP's shortest-side resize + centre crop, or a plain resize that changes the aspect.
+SquareMode = Literal["pad", "crop", "resize"]
+SQUARE_MODES: tuple[SquareMode, ...] = ("pad", "crop", "resize")
 
 
 def load_image(image: ImageInput) -> Image.Image:
@@ -24,25 +28,58 @@ def load_image(image: ImageInput) -> Image.Image:
             raise ValueError(f"image arrays must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
         return Image.fromarray(image)
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return image if image.mode == "RGB" else image.convert("RGB")
     raise TypeError(f"cannot read an image from {type(image).__name__}")
 
 
-def image_to_tensor(image: ImageInput, spec: ImageSpec) -> torch.Tensor:
-    """Resizes to spec.size² (bicubic, no-op when already that size) and normalises: (3, S, S) float32."""
-    pil = load_image(image)
-    if pil.size != (spec.size, spec.size):
-        pil = pil.resize((spec.size, spec.size), Image.Resampling.BICUBIC)
-    pixels = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0).permute(2, 0, 1)
+def to_square(image: Image.Image, mode: SquareMode, spec: ImageSpec) -> Image.Image:
+    """Makes `image` square without resizing it to the encoder's size yet (crop does resize,
+    so that the crop keeps the encoder's field of view)."""
+    width, height = image.size
+    if width == height or mode == "resize":
+        return image
+    if mode == "pad":
+        side = max(width, height)
+        fill = tuple(int(round(255 * m)) for m in spec.mean)
+        canvas = Image.new("RGB", (side, side), fill)
+        canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+        return canvas
+    if mode == "crop":
+        scale = spec.size / min(width, height)
+        resized = image.resize((max(spec.size, round(width * scale)), max(spec.size, round(height * scale))), Image.Resampling.BICUBIC)
+        left = (resized.width - spec.size) // 2
+        top = (resized.height - spec.size) // 2
+        return resized.crop((left, top, left + spec.size, top + spec.size))
+    raise ValueError(f"unknown square mode {mode!r}; known: {', '.join(SQUARE_MODES)}")
+
+
+def normalise(pil: Image.Image, spec: ImageSpec) -> torch.Tensor:
+    """(3, S, S) float32 from an RGB image already at spec.size²."""
+    pixels = torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
     mean = torch.tensor(spec.mean).view(3, 1, 1)
     std = torch.tensor(spec.std).view(3, 1, 1)
-    return (pixels - mean) / std
+    return pixels.sub_(mean).div_(std)
 
 
-def hd_views(image: ImageInput, grid: int, size: int) -> list[Image.Image]:
-    """LLaVA-Mini-HD views: the image resized to (grid·size)², cut into grid×grid crops in
-    row-major order, then the whole image resized to size² as the last view."""
+def image_to_tensor(image: ImageInput, spec: ImageSpec, mode: SquareMode = "resize") -> torch.Tensor:
+    """Squares the image (`mode`), resizes to spec.size² (bicubic, skipped when already that
+    size) and normalises: (3, S, S) float32."""
+    pil = to_square(load_image(image), mode, spec)
+    if pil.size != (spec.size, spec.size):
+        pil = pil.resize((spec.size, spec.size), Image.Resampling.BICUBIC)
+    return normalise(pil, spec)
+
+
+def hd_views(image: ImageInput, grid: int, spec: ImageSpec, mode: SquareMode = "resize") -> list[Image.Image]:
+    """LLaVA-Mini-HD views: the squared image resized to (grid·size)², cut into grid×grid crops
+    in row-major order, then the whole image resized to size² as the last view."""
+    size = spec.size
     pil = load_image(image)
+    if mode == "crop":
+        # Crop at the HD resolution, so the tiles see the full-resolution centre.
+        pil = to_square(pil, mode, ImageSpec(grid * size, spec.mean, spec.std))
+    else:
+        pil = to_square(pil, mode, spec)
     canvas = pil.resize((grid * size, grid * size), Image.Resampling.BICUBIC)
     crops = [
         canvas.crop((col * size, row * size, (col + 1) * size, (row + 1) * size))

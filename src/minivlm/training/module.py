@@ -77,7 +77,8 @@ class MiniVLMModule(L.LightningModule):
             )
         tokens_per_image = self.model.tokens_per_image if hd_grid == 1 else self.model.tokens_per_hd_image(hd_grid)
         self.processor = Processor(
-            loaded, get_template(template), encoder.image_spec, tokens_per_image, max_length, hd_grid=hd_grid
+            loaded, get_template(template), encoder.image_spec, tokens_per_image, max_length, hd_grid=hd_grid,
+            tokens_per_frame=self.model.tokens_per_image,
         )
         self.model.processor = self.processor
         self.train_parts = list(PARTS[1:] if train is None else train)

@@ -143,6 +143,8 @@ def convert_hf_llava(src: str, dst: str, tokenizer: str | None = None, template:
         state[LM_HEAD] = state[EMBEDDINGS]
     model.load_state_dict(state, strict=True, assign=True)
 
-    model.processor = Processor(loaded_tokenizer, chat_template, model.encoder.image_spec, model.tokens_per_image)
+    model.processor = Processor(
+        loaded_tokenizer, chat_template, model.encoder.image_spec, model.tokens_per_image, square="crop"
+    )
     model.save_pretrained(dst)
     logger.info("converted %s -> %s (%d image tokens per image)", src, dst, model.tokens_per_image)

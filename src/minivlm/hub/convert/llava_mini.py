@@ -213,6 +213,8 @@ def convert_llava_mini(src: str, dst: str, vision_tower: str | None = None, toke
     model.load_state_dict(state, strict=True, assign=True)
 
     template = get_template("llama3")
-    model.processor = Processor(loaded_tokenizer, template, model.encoder.image_spec, model.tokens_per_image)
+    model.processor = Processor(
+        loaded_tokenizer, template, model.encoder.image_spec, model.tokens_per_image, square="pad"
+    )
     model.save_pretrained(dst)
     logger.info("converted %s -> %s (%d tokens per image)", src, dst, model.tokens_per_image)
