@@ -56,3 +56,45 @@ def test_conversations_page_labels_only_the_answer_and_its_end(capsys):
     ns = run_python_blocks("conversations.md")
     assert capsys.readouterr().out.strip() == "['yes', '<|end|>']"
     assert ns["processor"].square == "pad" and ns["processor"].max_length == 32
+
+
+def test_data_page_converts_streams_and_counts_bad_records(tmp_path, monkeypatch):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    import minivlm
+    from minivlm.data.llava import LlavaDataModule
+
+    # The command must run this checkout's minivlm from the temp dir the page works in.
+    source = str(Path(minivlm.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([source, os.environ.get("PYTHONPATH", "")])}
+    monkeypatch.chdir(tmp_path)  # the page writes ./llava-data and ./llava-shards
+    page = (DOCS / "data.md").read_text()
+    namespace: dict = {}
+    # Python and shell blocks run in page order: make data, convert it, stream it.
+    for kind, block in re.findall(r"```(python|bash)\n(.*?)```", page, re.S):
+        if kind == "python":
+            exec(compile(block, "docs/data.md", "exec"), namespace)
+            continue
+        command = block.replace("\\\n", " ").split()
+        assert command[0] == "minivlm"
+        result = subprocess.run([sys.executable, "-m", "minivlm", *command[1:]], capture_output=True, text=True, env=env)
+        assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "llava-shards" / "manifest.json").read_text())
+    assert manifest["skipped"] == {"missing_media": 1} and manifest["samples"] == 42
+    assert [s["samples"] for s in manifest["shards"]] == [16, 16, 10]
+    # Videos were stored as frames at 2 fps: 3 s -> 6 frames.
+    videos = [b for b in namespace["batches"] if "video" in (b.batch.media_kinds or ())]
+    assert videos and all(p == 6 for b in videos for p, k in zip(b.batch.media_passes.tolist(), b.batch.media_kinds)
+                          if k == "video")
+    assert len(namespace["streamed"]) == 21 and len(namespace["batches"]) == len(namespace["rank0"])
+    assert [(s.id, s.reason) for s in namespace["skipped"]] == [("broken", "missing_media")]
+    # The recipe snippet names real LlavaDataModule arguments.
+    recipe = yaml.safe_load(re.search(r"```yaml\n(.*?)```", page, re.S).group(1))
+    assert recipe["data"]["class_path"] == "minivlm.data.llava.LlavaDataModule"
+    module = LlavaDataModule(**recipe["data"]["init_args"])
+    assert module.shards == ["/data/llava-665k-shards"] and module.options.num_frames == 8

@@ -18,7 +18,7 @@ from minivlm.fusion import DecoderPreFusion
 from minivlm.llms import HFLanguageModel
 from minivlm.projectors import MLPProjector
 from minivlm.training.module import MiniVLMModule
-from minivlm.encoders.base import ImageSpec
+from minivlm.specs import ImageSpec
 from minivlm.processing import Processor
 from minivlm.processing.templates import get_template
 
