@@ -12,7 +12,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from minivlm.data.llava import LlavaDataModule
-from minivlm.data.quality import DataQualityCallback, TooMuchBadData
+from minivlm.data.quality import DataQuality, DataQualityCallback, TooMuchBadData
 from minivlm.data.records import BadSample, parse_llava, read_annotations
 from minivlm.data.samples import VideoOptions
 from minivlm.data.sources import ShardSource
@@ -122,3 +122,21 @@ def test_a_run_over_bad_shards_finishes_and_logs_each_count(bad_shards, capsys):
 def test_too_much_bad_data_stops_the_run_naming_the_worst_reasons(bad_shards):
     with pytest.raises(TooMuchBadData, match=r"over max_bad_fraction=1.0%.*unreadable_image 2"):
         fit(LlavaDataModule(shards=str(bad_shards), batch_size=16, num_workers=0))
+
+
+def test_an_all_bad_batch_borrows_the_next_good_sample_so_the_batch_count_holds(tmp_path):
+    good = [sample(f"g{i}", record(i), [("image", "m0.png")], {"m0.png": png(i)}) for i in range(8)]
+    bad = [sample(f"b{i}", {**record(0), "id": f"bad{i}"}, [("image", "m0.png")], {"m0.png": b"junk"}) for i in range(4)]
+    with wds.TarWriter(str(tmp_path / "a.tar"), encoder=False) as writer:
+        for s in good[:4] + bad + good[4:]:
+            writer.write(s)
+    dataset = StreamingDataset([ShardSource(str(tmp_path / "a.tar"), VideoOptions())], processor(), batch_size=4,
+                               shuffle=False)
+    batches = list(DataLoader(dataset, batch_size=None))
+    assert len(batches) == len(dataset) == 3
+    assert [b.ids for b in batches] == [["s000", "s001", "s002", "s003"], ["s004"], ["s004", "s005", "s006", "s007"]]
+    assert [b.repeated for b in batches] == [[], ["s004"], []]
+    quality = DataQuality()
+    for b in batches:
+        quality.add(b)
+    assert quality.vector()[0] == 8 and quality.skipped == Counter({"unreadable_image": 4})

@@ -68,8 +68,9 @@ def test_kill_and_resume_mid_epoch_yields_exactly_the_remaining_samples(shards, 
     trained_before = first.seen[:STEPS_BEFORE_KILL]  # the batch fetched when the kill came was never trained
 
     second = RecordingDataModule(**settings(shards))
-    fit(second, ckpt_path=str(tmp_path / f"epoch=0-step={STEPS_BEFORE_KILL}.ckpt"))
+    trainer = fit(second, ckpt_path=str(tmp_path / f"epoch=0-step={STEPS_BEFORE_KILL}.ckpt"))
     assert trained_before + second.seen == expected  # none lost, none repeated, same order
+    assert trainer.callback_metrics["data/good"] == 48  # the epoch's counts survive the resume too
 
 
 def test_resuming_with_another_worker_count_is_refused(shards, tmp_path):
