@@ -81,3 +81,16 @@ def test_resuming_with_another_worker_count_is_refused(shards, tmp_path):
     changed = RecordingDataModule(**(settings(shards) | {"num_workers": 1}))
     with pytest.raises(ValueError, match="different data layout.*num_workers"):
         fit(changed, ckpt_path=str(tmp_path / "epoch=0-step=2.ckpt"))
+
+
+def test_a_checkpoint_at_the_end_of_an_epoch_does_not_resume_into_an_empty_epoch(shards):
+    datamodule = LlavaDataModule(**settings(shards))
+    datamodule.processor = processor()
+    dataset = datamodule.dataset("train", rank=0, world_size=1)
+    state = {"epoch": 0, "num_workers": 2, "batch_size": 4, "world_size": 1, "seed": 7, "quality": [0] * 11}
+    datamodule.load_state_dict(state | {"next": dataset.worker_batches()})
+    datamodule.before_epoch(dataset)
+    assert dataset.resume is None and datamodule.position["next"] == [0, 0]
+    datamodule.load_state_dict(state | {"next": [2, 1]})
+    datamodule.before_epoch(dataset)
+    assert dataset.resume == [2, 1] and dataset.worker_offset == 1

@@ -105,3 +105,17 @@ def test_reencoded_images_and_presampled_video_frames(tmp_path):
     prepared = [source.prepare(raw, processor()) for raw in source.read(0, 0, None)]
     assert all(isinstance(p, Prepared) for p in prepared) and len(prepared) == 6
     assert {p.id for p in prepared} == {f"s{i:03d}" for i in range(6)}
+
+
+def test_whole_videos_are_stored_and_sampled_when_read(tmp_path):
+    annotations = make_llava(tmp_path, 3, videos=1)
+    write_shards(annotations, tmp_path, tmp_path / "out", ShardOptions(), progress=False)
+    samples = read_all(tmp_path / "out")
+    assert samples["s002"]["m0.mp4"] == (tmp_path / "videos" / "002.mp4").read_bytes()
+    source = ShardSource(str(tmp_path / "out"), VideoOptions(num_frames=3))
+    prepared = {p.id: p for p in (source.prepare(raw, processor()) for raw in source.read(0, 0, None))}
+    assert prepared["s002"].sample.passes == [3] and prepared["s002"].sample.kinds == ["video"]
+    assert prepared["s000"].sample.kinds == ["image"]
+    # The three frames are the segment midpoints of 8 grey frames (values 10·i): 1, 4, 6.
+    means = [float(p.mean()) for p in prepared["s002"].sample.pixels]
+    assert means[0] < means[1] < means[2]

@@ -167,7 +167,8 @@ class LlavaDataModule(L.LightningDataModule):
         dataset.worker_offset = 0
         self.position = {"epoch": dataset.epoch, "next": [0] * max(1, dataset.num_workers), **self._layout()}
         state, self._resume = self._resume, None
-        if state is not None and state["epoch"] == dataset.epoch:
+        finished = state is not None and all(n >= total for n, total in zip(state["next"], dataset.worker_batches()))
+        if state is not None and state["epoch"] == dataset.epoch and not finished:
             dataset.resume = list(state["next"])
             dataset.worker_offset = sum(state["next"]) % max(1, dataset.num_workers)
             self.position["next"] = list(state["next"])
