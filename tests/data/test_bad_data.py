@@ -140,3 +140,9 @@ def test_an_all_bad_batch_borrows_the_next_good_sample_so_the_batch_count_holds(
     for b in batches:
         quality.add(b)
     assert quality.vector()[0] == 8 and quality.skipped == Counter({"unreadable_image": 4})
+
+
+def test_missing_configured_paths_fail_at_setup_before_any_step(bad_shards):
+    datamodule = LlavaDataModule(shards=str(bad_shards / "nowhere"), batch_size=4)
+    with pytest.raises(FileNotFoundError, match="nowhere not found"):
+        fit(datamodule)

@@ -3,6 +3,7 @@ WebDataset shards (streaming), on any number of ranks and workers, resumable mid
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -117,8 +118,19 @@ class LlavaDataModule(L.LightningDataModule):
         if not isinstance(processor, Processor):
             raise TypeError("LlavaDataModule needs a LightningModule with a `processor` (e.g. MiniVLMModule)")
         self.processor = processor
+        self._check_paths()
         if not any(isinstance(c, DataQualityCallback) for c in self.trainer.callbacks):
             self.trainer.callbacks.append(DataQualityCallback(self.quality["train"], self.max_bad_fraction))
+
+    def _check_paths(self) -> None:
+        """Local files named by the config must exist: fail at setup, not after the first epoch."""
+        wanted = [self.annotations, self.media_root, self.val_annotations, self.val_media_root]
+        for spec in (self.shards or []) + (self.val_shards or []):
+            # Brace patterns and pipe:/URL specs are checked when their shards are opened.
+            wanted += [part for part in spec.split("::") if not any(c in part for c in "{:")]
+        missing = [path for path in wanted if path is not None and not Path(path).exists()]
+        if missing:
+            raise FileNotFoundError(f"LlavaDataModule: {', '.join(missing)} not found")
 
     def dataset(self, split: str = "train", rank: int | None = None, world_size: int | None = None) -> StreamingDataset:
         """The streaming dataset of `split` for one rank (by default the trainer's)."""
