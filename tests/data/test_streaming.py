@@ -129,3 +129,20 @@ def test_weights_without_resampling_are_refused(llava):
     root, _ = llava
     with pytest.raises(ValueError, match="resampled=True"):
         stream(root, weights=[1.0])
+
+
+def test_resampled_epochs_need_no_counts_and_survive_broken_shards(llava, tmp_path):
+    root, _ = llava
+    (tmp_path / "broken.tar").write_bytes(b"not a tar" * 100)
+    spec = f"{root / 'shards' / 'data-{000000..000006}.tar'}::{tmp_path / 'broken.tar'}"
+    source = ShardSource(spec, VideoOptions(), count=False)
+    assert source.counts == [0] * 8
+    dataset = StreamingDataset([source], processor(), batch_size=8, num_workers=2, resampled=True,
+                               samples_per_epoch=120, seed=3)
+    batches = run(dataset, workers=2)
+    assert len(batches) == len(dataset) == 16
+    # (seed 3 draws the broken shard.) A broken draw is reported and another shard drawn: the epoch still holds 120 real samples.
+    assert sum(len(b.ids) for b in batches) == 120 and not any(b.repeated for b in batches)
+    failures = [s for b in batches for s in b.skipped]
+    assert failures and {s.reason for s in failures} == {"unreadable_shard"}
+    assert all("broken.tar" in s.message for s in failures)

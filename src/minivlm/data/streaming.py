@@ -147,8 +147,9 @@ class StreamingDataset(IterableDataset):
             if lo < hi:
                 yield from self._read(d, u, lo, hi, failures)
 
-    def _read(self, d: int, u: int, lo: int, hi: int, failures: list[Skipped]) -> Iterator[tuple[int, Any] | None]:
-        """Samples lo..hi-1 of a unit; the ones a broken shard loses come out as None (lost slots)."""
+    def _read(self, d: int, u: int, lo: int, hi: int | None, failures: list[Skipped]) -> Iterator[tuple[int, Any] | None]:
+        """Samples lo..hi-1 of a unit (all of it for hi=None); in a planned run (hi given) the
+        samples a broken shard loses come out as None (lost slots), so the counts still hold."""
         got = 0
         try:
             for raw in self.sources[d].read(u, lo, hi):
@@ -156,22 +157,26 @@ class StreamingDataset(IterableDataset):
                 yield d, raw
         except ShardFailure as failure:
             failures.append(Skipped(failure.url, "unreadable_shard", str(failure)))
-        yield from [None] * (hi - lo - got)
+        if hi is not None:
+            yield from [None] * (hi - lo - got)
 
     def _resampled_slots(self, worker: int, failures: list[Skipped]) -> Iterator[tuple[int, Any] | None]:
         rng = self._rng("resampled", self.rank, worker)
         readers: dict[int, Iterator[tuple[int, Any] | None]] = {}
-        usable = [d for d, s in enumerate(self.sources) if any(s.units)]
+        usable = [d for d, s in enumerate(self.sources) if s.units]
         weights = [self.weights[d] for d in usable]
         for _ in range(self.worker_samples()[worker]):
             d = rng.choices(usable, weights)[0]
-            while True:
+            units = self.sources[d].units
+            item = None
+            # A source whose every shard is broken or empty gives lost slots instead of a hang.
+            for _attempt in range(2 * len(units) + 10):
                 if d not in readers:
-                    units = self.sources[d].units
-                    u = rng.choices(range(len(units)), units)[0]
-                    readers[d] = self._read(d, u, 0, units[u], failures)
-                item = next(readers[d], StopIteration)
-                if item is not StopIteration:
+                    # Shards are drawn in proportion to their size when it is known, else uniformly.
+                    u = rng.choices(range(len(units)), units if any(units) else None)[0]
+                    readers[d] = self._read(d, u, 0, None, failures)
+                item = next(readers[d], None)
+                if item is not None:
                     break
                 del readers[d]
             yield item
