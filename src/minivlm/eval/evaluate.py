@@ -204,7 +204,7 @@ def evaluate(
     """Answer a LLaVA-format question file and score the answers.
 
     Args:
-        model: a model directory written by `save_pretrained` (or `minivlm export`), or a Hub repo id.
+        model: a model directory written by `MiniVLM.save_pretrained`, or a Hub repo id.
         questions: the question file (JSONL: question_id, text, image or video, optional answers).
         out: the answers file (JSONL), appended to as answers come; rerun to resume.
         metric: vqa (VQAv2 soft accuracy), exact (exact match), mc (option letter A-E), pope.
