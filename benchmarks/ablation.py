@@ -42,7 +42,7 @@ from barplot import bar_chart
 from minivlm import DecoderPreFusion, HFLanguageModel, HFVisionEncoder, IdentityCompressor, MLPProjector, NoPreFusion
 from minivlm import PoolCompressor, QueryCompressor
 from minivlm.data.datamodule import Collate
-from minivlm.data.scenes import ScenesTask, build_scenes_tokenizer
+from minivlm.data.scenes import NUMBER_WORDS, ScenesTask, build_scenes_tokenizer
 from minivlm.data.scenes_datamodule import ScenesDataModule, ScenesDataset
 from minivlm.training.module import MiniVLMModule
 
@@ -137,13 +137,16 @@ def test_accuracy(module: MiniVLMModule, task: ScenesTask, size: int) -> tuple[f
 
 def answer_prior(task: ScenesTask, train_size: int, test_size: int) -> float:
     """Accuracy of the best answer per question with its positions blanked (what no image gives)."""
-    strip = lambda q: " ".join(w for w in q.split() if w not in {"one", "two", "three", "four", "five", "six", "seven", "eight"})
+    def strip(question: str) -> str:
+        return " ".join(word for word in question.split() if word not in NUMBER_WORDS)
+
     counts: dict[str, Counter] = defaultdict(Counter)
     for index in task.indices("train", train_size):
         sample = task.sample(index)
         counts[strip(sample.question)][sample.answer] += 1
     tests = [task.sample(i) for i in task.indices("test", test_size)]
-    return sum(counts[strip(s.question)].most_common(1)[0][0] == s.answer for s in tests if counts[strip(s.question)]) / len(tests)
+    right = sum(counts[strip(s.question)].most_common(1)[0][0] == s.answer for s in tests if counts[strip(s.question)])
+    return right / len(tests)
 
 
 def run(config: Config, seed: int, options: argparse.Namespace, tokenizer_dir: Path) -> dict:

@@ -149,3 +149,16 @@ def test_build_prompt_places_the_media_tag():
     assert build_prompt(Question("1", "Look: <image> What?", image="x.png"), "Short.") == "Look: <image> What?\nShort."
     assert build_prompt(Question("1", "Describe.", video="v.mp4")) == "<video>\nDescribe."
     assert build_prompt(Question("1", "No media.")) == "No media."
+
+
+def test_references_that_do_not_suit_the_metric_name_the_question(setup, tmp_path):
+    root, questions, truth = setup
+    write_questions(tmp_path / "q.jsonl", questions[:2], ["red", "blue"])  # single strings, but vqa needs ten
+    out = tmp_path / "a.jsonl"
+    out.write_text("".join(json.dumps({"question_id": f"q{i}", "text": "red"}) + "\n" for i in range(2)))
+    model = MiniVLM.from_pretrained(root / "model")
+    with pytest.raises(ValueError, match="question q0: its `answers` do not suit --metric vqa"):
+        run_evaluation(model, read_questions(tmp_path / "q.jsonl"), out, "vqa", media_root=root)
+    out.write_text('{"question_id": "q0", "text": 3}\n')
+    with pytest.raises(ValueError, match=r"a.jsonl:1: an answer record is an object"):
+        run_evaluation(model, read_questions(tmp_path / "q.jsonl"), out, "exact", media_root=root)

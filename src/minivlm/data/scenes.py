@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
@@ -30,7 +31,9 @@ from minivlm.data.synthetic import SPECIAL_TOKENS
 
 GRID = 8
 COLOURS = ("red", "green", "blue", "yellow", "white")
-COLOUR_RGB = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0), "white": (255, 255, 255)}
+COLOUR_RGB = {
+    "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0), "white": (255, 255, 255),
+}
 SHAPES = ("circle", "square", "triangle")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight")
 QUESTION_TEMPLATES = {
@@ -137,8 +140,6 @@ class ScenesTask:
     def export(self, directory: str | Path, split: Split, count: int) -> Path:
         """Writes `count` samples of `split` as PNGs and a LLaVA-format question file
         (`questions.jsonl`, answers included) for `minivlm evaluate`; returns that file."""
-        from PIL import Image
-
         directory = Path(directory)
         (directory / "images").mkdir(parents=True, exist_ok=True)
         lines = []
@@ -146,7 +147,10 @@ class ScenesTask:
             sample = self.sample(index)
             name = f"images/{split}-{index}.png"
             Image.fromarray(sample.image).save(directory / name)
-            lines.append({"question_id": f"{split}-{index}", "image": name, "text": sample.question, "answers": sample.answer, "kind": sample.kind})
+            lines.append({
+                "question_id": f"{split}-{index}", "image": name, "text": sample.question,
+                "answers": sample.answer, "kind": sample.kind,
+            })
         path = directory / "questions.jsonl"
         path.write_text("".join(json.dumps(line) + "\n" for line in lines))
         return path
@@ -169,7 +173,10 @@ def _ask(kind: str, layout: np.ndarray, rng: np.random.Generator) -> tuple[str, 
         row = int(rng.integers(GRID))
         colours = [divmod(int(code), len(SHAPES))[0] for code in layout[row] if code != EMPTY]
         # Mostly ask about a colour the row holds, otherwise "zero" dominates the answers.
-        colour = colours[rng.integers(len(colours))] if colours and rng.random() < 0.75 else int(rng.integers(len(COLOURS)))
+        if colours and rng.random() < 0.75:
+            colour = colours[rng.integers(len(colours))]
+        else:
+            colour = int(rng.integers(len(COLOURS)))
         return template.format(colour=COLOURS[colour], row=NUMBER_WORDS[row + 1]), NUMBER_WORDS[colours.count(colour)]
     colours = layout[occupied[:, 0], occupied[:, 1]] // len(SHAPES)
     first = int(rng.integers(len(occupied)))

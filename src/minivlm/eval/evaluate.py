@@ -90,6 +90,8 @@ def read_answered(path: Path, known: set[str]) -> dict[str, dict]:
                 path.write_text("".join(lines[:-1]))
                 break
             raise ValueError(f"{path}:{number}: not a JSON answer record") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise ValueError(f"{path}:{number}: an answer record is an object with `question_id` and a string `text`")
         question_id = str(record.get("question_id"))
         if question_id not in known:
             raise ValueError(f"{path}:{number}: question_id {question_id!r} is not in the question file (wrong --out?)")
@@ -123,8 +125,13 @@ def score_answers(metric: MetricName, questions: list[Question], answers: dict[s
     """Scores every answered question that has a reference."""
     scorer = METRICS[metric]()
     scored = [q for q in questions if q.answers is not None and q.question_id in answers]
+    for question in scored:
+        try:
+            scorer.update([answers[question.question_id]["text"]], [question.answers])
+        except (TypeError, ValueError) as error:
+            message = f"question {question.question_id}: its `answers` do not suit --metric {metric}: {error}"
+            raise ValueError(message) from None
     if scored:
-        scorer.update([answers[q.question_id]["text"] for q in scored], [q.answers for q in scored])
         value = scorer.compute()
         scores = {k: float(v) for k, v in value.items()} if isinstance(value, dict) else {"accuracy": float(value)}
     else:
@@ -181,7 +188,8 @@ def run_evaluation(
                     pad_token_id=processor.tokenizer.pad_token_id,
                 )
             for question, prompt, row in zip(chunk, prompts, tokens):
-                record = {"question_id": question.question_id, "prompt": prompt, "text": processor.decode(row), "model_id": model_id}
+                text = processor.decode(row)
+                record = {"question_id": question.question_id, "prompt": prompt, "text": text, "model_id": model_id}
                 answers[question.question_id] = record
                 sink.write(json.dumps(record) + "\n")
             sink.flush()
