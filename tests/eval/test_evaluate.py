@@ -162,3 +162,46 @@ def test_references_that_do_not_suit_the_metric_name_the_question(setup, tmp_pat
     out.write_text('{"question_id": "q0", "text": 3}\n')
     with pytest.raises(ValueError, match=r"a.jsonl:1: an answer record is an object"):
         run_evaluation(model, read_questions(tmp_path / "q.jsonl"), out, "exact", media_root=root)
+
+
+def write_grey_video(path, frames: int = 8, fps: int = 4, size: int = 32) -> None:
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for i in range(frames):
+            image = np.full((size, size, 3), 25 * i, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_video_image_and_text_only_questions_in_one_batch(setup, tmp_path):
+    from minivlm.processing.video import load_video
+
+    root, questions, _ = setup
+    write_grey_video(tmp_path / "clip.mp4")  # 2 s at 4 fps: two frames at one per second
+    mixed = [
+        {"question_id": "v", "video": "clip.mp4", "text": "What colour is the shape at the top left?"},
+        {"question_id": "i", "image": str(root / "img0.png"), "text": questions[0]["text"]},
+        {"question_id": "t", "text": "How many red shapes are there?"},
+    ]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(q) + "\n" for q in mixed))
+    model = MiniVLM.from_pretrained(root / "model")
+    processor = model.processor
+    media = {"v": [load_video(tmp_path / "clip.mp4")], "i": [root / "img0.png"], "t": []}
+    expected = {}
+    for q in read_questions(tmp_path / "q.jsonl"):
+        prompt = processor([[Turn("user", build_prompt(q))]], [media[q.question_id]], add_generation_prompt=True)
+        tokens = model.generate(prompt, max_new_tokens=3, eos_token_id=processor.eos_token_id, pad_token_id=0)
+        expected[q.question_id] = processor.decode(tokens[0])
+    assert len(media["v"][0].frames) == 2
+    out = tmp_path / "a.jsonl"
+    run_evaluation(model, read_questions(tmp_path / "q.jsonl"), out, "exact", media_root=tmp_path, batch_size=3, max_new_tokens=3)
+    records = {r["question_id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert {k: r["text"] for k, r in records.items()} == expected
+    assert records["v"]["prompt"].startswith("<video>\n") and records["t"]["prompt"] == mixed[2]["text"]
