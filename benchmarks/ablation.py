@@ -197,7 +197,7 @@ def ordering_checks(rows: list[dict]) -> list[str]:
         checks.append(f"{'yes' if holds else 'NO '}  {text}")
 
     if {"a", "d4"} <= acc.keys():
-        check(f"(d4) within 3 points of (a): {acc['d4']:.1f} vs {acc['a']:.1f}", acc["d4"] >= acc["a"] - 3)
+        check(f"(d4) at most 3 points below (a): {acc['d4']:.1f} vs {acc['a']:.1f}", acc["d4"] >= acc["a"] - 3)
     for depth in ("d1", "d2", "d4"):
         if {"c", depth} <= acc.keys():
             check(f"({depth}) >= (c) + 10 points: {acc[depth]:.1f} vs {acc['c']:.1f}", acc[depth] >= acc["c"] + 10)
