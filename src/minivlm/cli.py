@@ -25,6 +25,7 @@ commands:
   predict    generate answers for the predict set
   convert    turn another project's checkpoint into a minivlm model directory
              (minivlm convert hf-llava SRC DST | minivlm convert llava-mini SRC DST)
+  evaluate   answer a question file and score it:  minivlm evaluate --model DIR --questions Q.jsonl --out A.jsonl
 
 `minivlm <command> --help` lists every option of a command."""
 
@@ -63,6 +64,17 @@ def convert(args: list[str]) -> None:
     CLI({"hf-llava": convert_hf_llava, "llava-mini": convert_llava_mini}, args=args, prog="minivlm convert")
 
 
+def evaluate(args: list[str]) -> None:
+    """`minivlm evaluate --model DIR_OR_ID --questions Q.jsonl --out A.jsonl [options]`."""
+    from minivlm.eval.evaluate import evaluate as run
+
+    try:
+        CLI(run, args=args, prog="minivlm evaluate", as_positional=False)
+    except (ValueError, FileNotFoundError) as error:  # bad question, answer or model files: one line
+        print(f"minivlm evaluate: error: {one_line(error)}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the `minivlm` console script."""
     args = sys.argv[1:] if args is None else args
@@ -72,6 +84,8 @@ def main(args: list[str] | None = None) -> None:
     try:
         if args[0] == "convert":
             convert(args[1:])
+        elif args[0] == "evaluate":
+            evaluate(args[1:])
         elif args[0] in TRAINING_COMMANDS or args[0].startswith("-"):
             MiniVLMCLI(
                 MiniVLMModule,
