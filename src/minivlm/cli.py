@@ -26,6 +26,7 @@ commands:
   convert    turn another project's checkpoint into a minivlm model directory
              (minivlm convert hf-llava SRC DST | minivlm convert llava-mini SRC DST)
   shards     LLaVA JSON + media folder -> WebDataset shards (minivlm shards --annotations A --media-root M --out D)
+  evaluate   answer a question file and score it:  minivlm evaluate --model DIR --questions Q.jsonl --out A.jsonl
 
 `minivlm <command> --help` lists every option of a command."""
 
@@ -78,6 +79,15 @@ def _underscored(arg: str) -> str:
         return arg
     name, sep, value = arg.partition("=")
     return "--" + name[2:].replace("-", "_") + sep + value
+def evaluate(args: list[str]) -> None:
+    """`minivlm evaluate --model DIR_OR_ID --questions Q.jsonl --out A.jsonl [options]`."""
+    from minivlm.eval.evaluate import evaluate as run
+
+    try:
+        CLI(run, args=args, prog="minivlm evaluate", as_positional=False)
+    except (ValueError, FileNotFoundError) as error:  # bad question, answer or model files: one line
+        print(f"minivlm evaluate: error: {one_line(error)}", file=sys.stderr)
+        sys.exit(2)
 
 
 def main(args: list[str] | None = None) -> None:
@@ -91,6 +101,8 @@ def main(args: list[str] | None = None) -> None:
             convert(args[1:])
         elif args[0] == "shards":
             shards(args[1:])
+        elif args[0] == "evaluate":
+            evaluate(args[1:])
         elif args[0] in TRAINING_COMMANDS or args[0].startswith("-"):
             MiniVLMCLI(
                 MiniVLMModule,

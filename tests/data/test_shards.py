@@ -117,5 +117,5 @@ def test_whole_videos_are_stored_and_sampled_when_read(tmp_path):
     assert prepared["s002"].sample.passes == [3] and prepared["s002"].sample.kinds == ["video"]
     assert prepared["s000"].sample.kinds == ["image"]
     # The three frames are the segment midpoints of 8 grey frames (values 10·i): 1, 4, 6.
-    means = [float(p.mean()) for p in prepared["s002"].sample.pixels]
+    means = [float(p.float().mean()) for p in prepared["s002"].sample.pixels]
     assert means[0] < means[1] < means[2]

@@ -79,13 +79,14 @@ def test_converted_model_matches_transformers_logits_and_generation(case, tmp_pa
     ids = batch.input_ids[0].tolist()
     at = ids.index(PLACEHOLDER_ID)
     hf_ids = torch.tensor([ids[:at] + [IMAGE_TOKEN] * model.tokens_per_image + ids[at + 1:]])
+    pixels = model.encoder_input(batch.pixel_values)  # normalised as transformers' processor does
     with torch.no_grad():
-        expected = hf(input_ids=hf_ids, pixel_values=batch.pixel_values).logits
+        expected = hf(input_ids=hf_ids, pixel_values=pixels).logits
         logits = model(batch).logits
     assert logits.shape == expected.shape
     assert (logits - expected).abs().max() <= 1e-4
 
-    hf_tokens = hf.generate(input_ids=hf_ids, pixel_values=batch.pixel_values, attention_mask=torch.ones_like(hf_ids),
+    hf_tokens = hf.generate(input_ids=hf_ids, pixel_values=pixels, attention_mask=torch.ones_like(hf_ids),
                             do_sample=False, max_new_tokens=5)[:, hf_ids.shape[1]:]
     tokens = model.generate(batch, max_new_tokens=5, eos_token_id=hf.generation_config.eos_token_id)
     assert tokens.tolist() == hf_tokens.tolist()

@@ -7,7 +7,7 @@ import torch
 from conftest import WIDTH, shapes_processor, tiny_vlm
 from minivlm.compressors import QueryCompressor
 from minivlm.processing.processor import SampleError
-from minivlm.processing.images import hd_views, image_to_tensor, normalise
+from minivlm.processing.images import hd_views, image_to_tensor, normalise_pixels, to_pixels
 from minivlm.specs import ImageSpec
 from minivlm.processing.templates import Turn
 from minivlm.processing.video import Video
@@ -86,7 +86,7 @@ def test_video_of_m_frames_gives_m_times_k_tokens_in_time_order():
     assert batch.kinds == ("video",) and batch.media_passes.tolist() == [5]
     with torch.no_grad():
         inputs = model.assemble(batch)
-        _, compressed = model.encode_media(batch.pixel_values)
+        _, compressed = model.encode_media(model.encoder_input(batch.pixel_values))
     assert int(inputs.media_mask.sum()) == 5 * model.tokens_per_image
     assert torch.allclose(inputs.embeds[0][inputs.media_mask[0]], compressed.reshape(-1, WIDTH), atol=1e-6)
 
@@ -103,7 +103,7 @@ def test_batched_frames_equal_frames_one_by_one():
         # By hand: each frame encoded and pre-fused alone, fused text averaged over frames.
         text = model.llm.embed(batch.input_ids.clamp(min=0))
         tokens, fused = [], []
-        for frame in batch.pixel_values:
+        for frame in model.encoder_input(batch.pixel_values):
             vision, compressed = model.encode_media(frame[None])
             t, f = model.prefusion(vision, compressed, text, batch.prefusion_mask)
             tokens.append(t[0])
@@ -128,7 +128,7 @@ def mixed_batch(processor: Processor):
     samples = [processor.encode(turns) for turns in conversations]
     spec = processor.image_spec
     image = [image_to_tensor(picture(), spec)]
-    hd = [normalise(v, spec) for v in hd_views(picture(64), 2, spec)]
+    hd = [normalise_pixels(to_pixels(v), spec) for v in hd_views(picture(64), 2, spec)]
     frames = [image_to_tensor(picture(), spec) for _ in range(3)]
     return processor.collate(samples, image + hd + frames, [1, 5, 3], ["image", "hd", "video"])
 
@@ -168,7 +168,7 @@ def test_several_images_in_one_sample():
     calls = record_prefusion(model)
     with torch.no_grad():
         inputs = model.assemble(batch)
-        _, one = model.encode_media(batch.pixel_values[:1])
+        _, one = model.encode_media(model.encoder_input(batch.pixel_values[:1]))
     assert int(inputs.media_mask.sum()) == 2 * model.tokens_per_image
     assert len(calls) == 1 and calls[0][1] == model.tokens_per_image  # both images pre-fused in one batched call
     swapped = processor([ask("<image> <image>")], [[second, first]])

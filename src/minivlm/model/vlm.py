@@ -17,6 +17,7 @@ from minivlm.encoders.base import VisionEncoder
 from minivlm.fusion.base import PreFusion
 from minivlm.llms.base import LanguageModel
 from minivlm.processing.batch import IGNORE_INDEX, Batch
+from minivlm.processing.images import normalise_pixels
 from minivlm.model import pretrained
 from minivlm.model.inputs import LLMInputs, splice_media, stitch_tiles, to_left_padding
 from minivlm.processing.processor import PROCESSOR_FILE, Processor
@@ -174,7 +175,7 @@ class MiniVLM(nn.Module):
         if batch.pixel_values is None:
             return splice_media(text, batch.input_ids, batch.attention_mask, None, None, batch.labels)
         plan = _plan_units(batch)
-        pixels = batch.pixel_values.to(**self._pixel_placement)
+        pixels = batch.pixel_values.to(self._encoder_weight.device)
         unit_tokens: list[torch.Tensor | None] = [None] * plan.num_units
         fused_sum = torch.zeros_like(text)
         fused_count = torch.zeros(text.shape[0], dtype=text.dtype, device=text.device)
@@ -182,14 +183,16 @@ class MiniVLM(nn.Module):
             for chunk in _chunks(units, self.frames_per_chunk):
                 rows = torch.tensor([u.row for u in chunk], device=batch.input_ids.device)
                 passes = torch.tensor([p for u in chunk for p in u.passes], device=pixels.device)
-                vision, compressed = self.encode_media(pixels[passes], hd_tiles=tiles)
+                vision, compressed = self.encode_media(self.encoder_input(pixels[passes]), hd_tiles=tiles)
                 prefused, fused_text = self.prefusion(
                     vision if vision is not None else compressed[:, :0],
                     compressed,
                     text[rows],
                     batch.prefusion_mask[rows].to(text.device),
                 )
-                tokens = prefused if self.vision_tokens == "prefused" else compressed
+                # A copy of just the K tokens per unit, so the unit's whole pre-fusion sequence
+                # is freed after the chunk (at inference; training keeps it for backward anyway).
+                tokens = (prefused if self.vision_tokens == "prefused" else compressed).contiguous()
                 for unit, unit_output in zip(chunk, tokens.unbind(0)):
                     unit_tokens[unit.index] = unit_output
                 rows = rows.to(text.device)
@@ -208,10 +211,14 @@ class MiniVLM(nn.Module):
         return splice_media(text, batch.input_ids, batch.attention_mask, tokens, tokens_per_item, batch.labels)
 
     @property
-    def _pixel_placement(self) -> dict:
-        """Pixels go to the encoder's device and dtype."""
-        weight = next(self.encoder.parameters())
-        return {"device": weight.device, "dtype": weight.dtype}
+    def _encoder_weight(self) -> torch.Tensor:
+        return next(self.encoder.parameters())
+
+    def encoder_input(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Batch pixels as the encoder takes them: uint8 pixels normalised with the encoder's
+        mean and std (in float32), on the encoder's device, in its dtype."""
+        weight = self._encoder_weight
+        return normalise_pixels(pixels.to(weight.device), self.encoder.image_spec, dtype=weight.dtype)
 
     def forward(self, batch: Batch) -> MiniVLMOutput:
         inputs = self.assemble(batch)

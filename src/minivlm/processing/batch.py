@@ -29,7 +29,9 @@ class Batch:
     - `labels` (B, L): target ids at assistant tokens, `IGNORE_INDEX` elsewhere. None at inference.
     - `prefusion_mask` (B, L) bool: text positions that take part in modality pre-fusion
       (not padding, not placeholders, not assistant answers).
-    - `pixel_values` (P, 3, H, W) or None for a text-only batch.
+    - `pixel_values` (P, 3, H, W) or None for a text-only batch: uint8 as the Processor makes
+      them (the model normalises each chunk with its encoder's mean and std), or float
+      values already normalised.
     - `media_passes` (M,) long: for the m-th placeholder in row-major order, how many
       consecutive encoder passes of `pixel_values` belong to it (1 for a single image).
     - `media_kinds`: the kind of each of the M items; None means every item is an "image".
@@ -79,12 +81,13 @@ class Batch:
         return self.input_ids == PLACEHOLDER_ID
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Batch:
-        """Moves every tensor to `device`; `dtype` applies to pixels only."""
+        """Moves every tensor to `device`; `dtype` applies to float pixels only (uint8 pixels are
+        normalised in float32 by the model before any cast)."""
         moved = {}
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, torch.Tensor):
-                is_pixels = f.name == "pixel_values" and dtype is not None
+                is_pixels = f.name == "pixel_values" and dtype is not None and value.is_floating_point()
                 value = value.to(device=device, dtype=dtype) if is_pixels else value.to(device)
             moved[f.name] = value
         return replace(self, **moved)

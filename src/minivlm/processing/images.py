@@ -53,21 +53,37 @@ def to_square(image: Image.Image, mode: SquareMode, spec: ImageSpec) -> Image.Im
     raise ValueError(f"unknown square mode {mode!r}; known: {', '.join(SQUARE_MODES)}")
 
 
-def normalise(pil: Image.Image, spec: ImageSpec) -> torch.Tensor:
-    """(3, S, S) float32 from an RGB image already at spec.size²."""
-    pixels = torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
-    mean = torch.tensor(spec.mean).view(3, 1, 1)
-    std = torch.tensor(spec.std).view(3, 1, 1)
-    return pixels.sub_(mean).div_(std)
+def to_pixels(pil: Image.Image) -> torch.Tensor:
+    """(3, H, W) uint8 from an RGB image: media stay 8-bit until the model normalises them,
+    a quarter of the memory of float32 in workers, batches and long videos."""
+    return torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
-def image_to_tensor(image: ImageInput, spec: ImageSpec, mode: SquareMode = "resize") -> torch.Tensor:
-    """Squares the image (`mode`), resizes to spec.size² (bicubic, skipped when already that
-    size) and normalises: (3, S, S) float32."""
+def normalise_pixels(pixels: torch.Tensor, spec: ImageSpec, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(…, 3, S, S) uint8 -> float normalised with the encoder's mean and std (computed in
+    float32, then cast to `dtype`). Float input is taken as already normalised."""
+    if pixels.is_floating_point():
+        return pixels if dtype is None else pixels.to(dtype)
+    mean = torch.tensor(spec.mean, device=pixels.device).view(3, 1, 1)
+    std = torch.tensor(spec.std, device=pixels.device).view(3, 1, 1)
+    normalised = pixels.float().div_(255.0).sub_(mean).div_(std)
+    return normalised if dtype is None else normalised.to(dtype)
+
+
+def image_to_pixels(image: ImageInput, spec: ImageSpec, mode: SquareMode = "resize") -> torch.Tensor:
+    """Squares the image (`mode`) and resizes it to spec.size² (bicubic, skipped when already
+    that size): (3, S, S) uint8. An (S, S, 3) uint8 array needs neither and is used as is."""
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.shape == (spec.size, spec.size, 3):
+        return torch.from_numpy(image.copy()).permute(2, 0, 1)
     pil = to_square(load_image(image), mode, spec)
     if pil.size != (spec.size, spec.size):
         pil = pil.resize((spec.size, spec.size), Image.Resampling.BICUBIC)
-    return normalise(pil, spec)
+    return to_pixels(pil)
+
+
+def image_to_tensor(image: ImageInput, spec: ImageSpec, mode: SquareMode = "resize") -> torch.Tensor:
+    """`image_to_pixels`, normalised: (3, S, S) float32, what the encoder sees."""
+    return normalise_pixels(image_to_pixels(image, spec, mode), spec)
 
 
 def hd_views(image: ImageInput, grid: int, spec: ImageSpec, mode: SquareMode = "resize") -> list[Image.Image]:

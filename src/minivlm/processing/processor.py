@@ -13,7 +13,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from minivlm.processing.batch import IGNORE_INDEX, PLACEHOLDER_ID, Batch, MediaKind
-from minivlm.processing.images import SQUARE_MODES, ImageInput, SquareMode, hd_views, image_to_tensor, normalise
+from minivlm.processing.images import SQUARE_MODES, ImageInput, SquareMode, hd_views, image_to_pixels, to_pixels
 from minivlm.processing.templates import ChatTemplate, Turn, split_media_tags, template_from_dict
 from minivlm.processing.video import Video
 from minivlm.specs import ImageSpec
@@ -174,16 +174,17 @@ class Processor:
         return EncodedSample(sample.input_ids[:keep], sample.labels[:keep], sample.fuse[:keep], sample.tags)
 
     def media_passes(self, item: Media, tag: str, where: str) -> tuple[MediaKind, list[torch.Tensor]]:
-        """The kind of one media item and its encoder passes as normalised (3, S, S) tensors."""
+        """The kind of one media item and its encoder passes as (3, S, S) uint8 tensors (the
+        model normalises them with its encoder's mean and std, chunk by chunk)."""
         if tag == VIDEO_TAG:
             if not isinstance(item, Video):
                 raise TypeError(f"{where}: {VIDEO_TAG} needs a Video, got {type(item).__name__}")
-            return "video", [image_to_tensor(frame, self.image_spec, self.square) for frame in item.frames]
+            return "video", [image_to_pixels(frame, self.image_spec, self.square) for frame in item.frames]
         if isinstance(item, Video):
             raise TypeError(f"{where}: {IMAGE_TAG} got a Video; use {VIDEO_TAG} for videos")
         if self.hd_grid == 1:
-            return "image", [image_to_tensor(item, self.image_spec, self.square)]
-        return "hd", [normalise(view, self.image_spec) for view in hd_views(item, self.hd_grid, self.image_spec, self.square)]
+            return "image", [image_to_pixels(item, self.image_spec, self.square)]
+        return "hd", [to_pixels(view) for view in hd_views(item, self.hd_grid, self.image_spec, self.square)]
 
     def prepare(self, turns: list[Turn], media: list[Media], add_generation_prompt: bool = False) -> PreparedSample:
         """One sample, tokenised, fitted to `max_length` and with its media transformed.

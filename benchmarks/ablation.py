@@ -1,0 +1,295 @@
+"""Does one vision token with pre-fusion keep what all tokens give? The LLaVA-Mini ablation on a CPU.
+
+Trains, with one budget for all (same steps, batch, data and optimiser), on the scenes task
+(`minivlm.data.scenes`: 8×8 crowded scenes, questions that name positions):
+
+    a    all 64 tokens, no compression (LLaVA-1.5 style)
+    b    1 token by average pooling, no pre-fusion
+    c    1 token by query compression, no pre-fusion
+    d1 d2 d4   1 token by query compression + pre-fusion with 1, 2, 4 layers
+    e4 e16     4 and 16 tokens by query compression + 4 pre-fusion layers
+
+and reports test accuracy (greedy answers, exact match; mean ± std over seeds), forward
+FLOPs per sample and training wall time per configuration:
+
+    PYTHONPATH=src .venv/bin/python benchmarks/ablation.py                       # the full study
+    PYTHONPATH=src .venv/bin/python benchmarks/ablation.py --configs a c d1 --seeds 0 --steps 30 --test-size 64
+
+Prints a markdown table; writes JSON to benchmarks/results/, the table into docs/results.md
+(between the ablation markers) and a bar chart to docs/images/ablation.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+
+from barplot import bar_chart
+from minivlm import DecoderPreFusion, HFLanguageModel, HFVisionEncoder, IdentityCompressor, MLPProjector, NoPreFusion
+from minivlm import PoolCompressor, QueryCompressor
+from minivlm.data.datamodule import Collate
+from minivlm.data.scenes import NUMBER_WORDS, ScenesTask, build_scenes_tokenizer
+from minivlm.data.scenes_datamodule import ScenesDataModule, ScenesDataset
+from minivlm.training.module import MiniVLMModule
+
+VISION_WIDTH, LLM_WIDTH = 64, 64
+DOCS_START, DOCS_END = "<!-- ablation:start -->", "<!-- ablation:end -->"
+
+
+@dataclass(frozen=True)
+class Config:
+    """One column of the ablation: which compressor, how many tokens, how many pre-fusion layers."""
+
+    name: str
+    description: str
+    compressor: str  # "identity" | "pool" | "query"
+    size: int  # tokens per image = size², except identity (all patches)
+    prefusion_layers: int
+
+
+CONFIGS = {
+    config.name: config
+    for config in (
+        Config("a", "all tokens, no compression", "identity", 0, 0),
+        Config("b", "1 token, average pooling", "pool", 1, 0),
+        Config("c", "1 token, query, no pre-fusion", "query", 1, 0),
+        Config("d1", "1 token, query + 1 pre-fusion layer", "query", 1, 1),
+        Config("d2", "1 token, query + 2 pre-fusion layers", "query", 1, 2),
+        Config("d4", "1 token, query + 4 pre-fusion layers", "query", 1, 4),
+        Config("e4", "4 tokens, query + 4 pre-fusion layers", "query", 2, 4),
+        Config("e16", "16 tokens, query + 4 pre-fusion layers", "query", 4, 4),
+    )
+}
+
+
+def build_module(config: Config, tokenizer_dir: Path, options: argparse.Namespace) -> MiniVLMModule:
+    """The parts of `config` at the ablation's widths, wrapped for training (every part trains)."""
+    encoder = HFVisionEncoder(
+        config=dict(
+            model_type="clip_vision_model", image_size=options.image_size, patch_size=options.image_size // 8,
+            hidden_size=VISION_WIDTH, intermediate_size=2 * VISION_WIDTH, num_hidden_layers=2, num_attention_heads=4,
+        ),
+        select_layer=-1,
+    )
+    if config.compressor == "identity":
+        compressor = IdentityCompressor(dim=LLM_WIDTH)
+    elif config.compressor == "pool":
+        compressor = PoolCompressor(dim=LLM_WIDTH, size=config.size)
+    else:
+        compressor = QueryCompressor(dim=VISION_WIDTH, size=config.size, num_heads=4, semantics="release")
+    llm = HFLanguageModel(
+        config=dict(
+            model_type="llama", vocab_size=64, hidden_size=LLM_WIDTH, intermediate_size=2 * LLM_WIDTH,
+            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        )
+    )
+    prefusion = DecoderPreFusion(num_layers=config.prefusion_layers) if config.prefusion_layers else NoPreFusion()
+    return MiniVLMModule(
+        encoder=encoder, compressor=compressor, projector=MLPProjector(VISION_WIDTH, LLM_WIDTH), prefusion=prefusion,
+        llm=llm, tokenizer=str(tokenizer_dir), template="shapes",
+        train=["encoder", "compressor", "projector", "prefusion", "llm"],
+        lr=options.lr, weight_decay=0.01, warmup_ratio=0.05,
+    )
+
+
+def flops_per_sample(module: MiniVLMModule, task: ScenesTask) -> float:
+    """Forward FLOPs of one training sample (prompt and answer), counted by torch's FLOP counter."""
+    batch = Collate(module.processor)([ScenesDataset(task, "test", 1)[0]])
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        module.model(batch)
+    return float(counter.get_total_flops())
+
+
+def test_accuracy(module: MiniVLMModule, task: ScenesTask, size: int) -> tuple[float, dict[str, float]]:
+    """Exact match of greedy answers on the first `size` test samples, overall and per question kind."""
+    dataset = ScenesDataset(task, "test", size, prompts_only=True)
+    loader = DataLoader(dataset, batch_size=64, collate_fn=Collate(module.processor, add_generation_prompt=True))
+    processor = module.processor
+    right, seen = Counter(), Counter()
+    module.model.eval()
+    offset = 0
+    for batch in loader:
+        tokens = module.model.generate(
+            batch, max_new_tokens=3, eos_token_id=processor.eos_token_id, pad_token_id=processor.tokenizer.pad_token_id
+        )
+        for row in tokens:
+            sample = task.sample(dataset.indices[offset])
+            offset += 1
+            seen[sample.kind] += 1
+            right[sample.kind] += int(processor.decode(row) == sample.answer)
+    return sum(right.values()) / sum(seen.values()), {kind: right[kind] / seen[kind] for kind in sorted(seen)}
+
+
+def answer_prior(task: ScenesTask, train_size: int, test_size: int) -> float:
+    """Accuracy of the best answer per question with its positions blanked (what no image gives)."""
+    def strip(question: str) -> str:
+        return " ".join(word for word in question.split() if word not in NUMBER_WORDS)
+
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for index in task.indices("train", train_size):
+        sample = task.sample(index)
+        counts[strip(sample.question)][sample.answer] += 1
+    tests = [task.sample(i) for i in task.indices("test", test_size)]
+    right = sum(counts[strip(s.question)].most_common(1)[0][0] == s.answer for s in tests if counts[strip(s.question)])
+    return right / len(tests)
+
+
+def run(config: Config, seed: int, options: argparse.Namespace, tokenizer_dir: Path) -> dict:
+    L.seed_everything(seed, verbose=False)
+    module = build_module(config, tokenizer_dir, options)
+    data = ScenesDataModule(
+        train_size=options.steps * options.batch_size, val_size=1, test_size=options.test_size,
+        image_size=options.image_size, seed=options.data_seed, batch_size=options.batch_size,
+    )
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, max_steps=options.steps, max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0,
+        gradient_clip_val=1.0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=options.root,
+    )
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=data)
+    fit_seconds = time.perf_counter() - start
+    accuracy, per_kind = test_accuracy(module, data.task, options.test_size)
+    return {
+        "config": config.name, "seed": seed, "accuracy": accuracy, "per_kind": per_kind,
+        "fit_seconds": round(fit_seconds, 1), "steps": int(trainer.global_step),
+        "tokens_per_image": module.model.tokens_per_image, "flops_per_sample": flops_per_sample(module, data.task),
+    }
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    rows = []
+    for name in dict.fromkeys(r["config"] for r in runs):
+        mine = [r for r in runs if r["config"] == name]
+        accuracies = [r["accuracy"] for r in mine]
+        rows.append({
+            "config": name, "description": CONFIGS[name].description, "tokens": mine[0]["tokens_per_image"],
+            "seeds": len(mine), "accuracy_mean": statistics.mean(accuracies),
+            "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+            "gflops_per_sample": mine[0]["flops_per_sample"] / 1e9,
+            "fit_seconds_mean": statistics.mean(r["fit_seconds"] for r in mine),
+            "per_kind": {k: statistics.mean(r["per_kind"][k] for r in mine) for k in mine[0]["per_kind"]},
+        })
+    return rows
+
+
+def ordering_checks(rows: list[dict]) -> list[str]:
+    """The paper's ordering, as far as the configurations that ran allow."""
+    acc = {r["config"]: 100 * r["accuracy_mean"] for r in rows}
+    checks = []
+
+    def check(text: str, holds: bool) -> None:
+        checks.append(f"{'yes' if holds else 'NO '}  {text}")
+
+    if {"a", "d4"} <= acc.keys():
+        check(f"(d4) at most 3 points below (a): {acc['d4']:.1f} vs {acc['a']:.1f}", acc["d4"] >= acc["a"] - 3)
+    for depth in ("d1", "d2", "d4"):
+        if {"c", depth} <= acc.keys():
+            check(f"({depth}) >= (c) + 10 points: {acc[depth]:.1f} vs {acc['c']:.1f}", acc[depth] >= acc["c"] + 10)
+    if {"b", "c"} <= acc.keys():
+        check(f"(c) >= (b): {acc['c']:.1f} vs {acc['b']:.1f}", acc["c"] >= acc["b"])
+    depths = [acc[d] for d in ("d1", "d2", "d4") if d in acc]
+    if len(depths) > 1:
+        check("accuracy rises with pre-fusion depth: " + " <= ".join(f"{v:.1f}" for v in depths), depths == sorted(depths))
+    return checks
+
+
+def markdown(rows: list[dict], options: argparse.Namespace, prior: float, checks: list[str]) -> str:
+    kinds = list(rows[0]["per_kind"])
+    lines = [
+        f"Settings: {options.steps} steps × batch {options.batch_size} for every configuration, "
+        f"seeds {', '.join(map(str, options.seeds))}, test on {options.test_size} held-out scenes; "
+        f"answer prior (no image) {100 * prior:.1f} %.",
+        "",
+        "| config | | tokens | accuracy % (mean ± std) | " + " | ".join(kinds) + " | GFLOPs / sample | train s |",
+        "|---|---|---|---|" + "---|" * len(kinds) + "---|---|",
+    ]
+    for r in rows:
+        per_kind = " | ".join(f"{100 * r['per_kind'][k]:.1f}" for k in kinds)
+        lines.append(
+            f"| {r['config']} | {r['description']} | {r['tokens']} | {100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f} "
+            f"| {per_kind} | {r['gflops_per_sample']:.4f} | {r['fit_seconds_mean']:.0f} |"
+        )
+    lines += ["", "Paper's ordering:", ""] + [f"- {c}" for c in checks]
+    return "\n".join(lines) + "\n"
+
+
+def write_docs_block(path: Path, text: str) -> None:
+    page = path.read_text()
+    if DOCS_START not in page or DOCS_END not in page:
+        raise ValueError(f"{path} has no {DOCS_START} ... {DOCS_END} block to fill")
+    head, rest = page.split(DOCS_START, 1)
+    path.write_text(f"{head}{DOCS_START}\n{text}{DOCS_END}{rest.split(DOCS_END, 1)[1]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=800, help="training steps, the same for every configuration")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--test-size", type=int, default=500)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--data-seed", type=int, default=0, help="seed of the scenes generator (same data for all runs)")
+    parser.add_argument("--out", default="benchmarks/results/ablation.json")
+    parser.add_argument("--docs", default="docs/results.md", help="page whose ablation block receives the table ('' to skip)")
+    parser.add_argument("--plot", default="docs/images/ablation.png")
+    parser.add_argument("--root", default="runs/benchmarks/ablation")
+    options = parser.parse_args()
+    if options.steps < 1 or options.test_size < 1 or options.batch_size < 1:
+        parser.error("--steps, --batch-size and --test-size must be positive")
+    logging.getLogger("lightning").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+
+    started = time.perf_counter()
+    runs = []
+    with tempfile.TemporaryDirectory() as tokenizer_dir:
+        build_scenes_tokenizer().save_pretrained(tokenizer_dir)
+        for name in options.configs:
+            for seed in options.seeds:
+                result = run(CONFIGS[name], seed, options, Path(tokenizer_dir))
+                runs.append(result)
+                print(f"{name:>4} seed {seed}: accuracy {result['accuracy']:.3f}  ({result['fit_seconds']:.0f} s)", flush=True)
+    prior = answer_prior(ScenesTask(options.image_size, options.data_seed), 20_000, options.test_size)
+    rows = summarise(runs)
+    checks = ordering_checks(rows)
+    table = markdown(rows, options, prior, checks)
+    total = time.perf_counter() - started
+    print("\n" + table + f"\ntotal wall time {total / 60:.1f} min")
+
+    out = Path(options.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(options).items() if k not in ("out", "docs", "plot", "root")}
+    out.write_text(json.dumps({
+        "settings": settings, "configs": {n: asdict(CONFIGS[n]) for n in options.configs}, "answer_prior": prior,
+        "summary": rows, "checks": checks, "runs": runs, "total_minutes": round(total / 60, 1),
+        "machine": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()},
+    }, indent=2) + "\n")
+    if options.docs:
+        write_docs_block(Path(options.docs), table + f"\nTotal wall time {total / 60:.1f} min; JSON: `{out}`.\n")
+    bar_chart(
+        options.plot, [f"{r['config']}\n{r['tokens']} tok" for r in rows], [r["accuracy_mean"] for r in rows],
+        [r["accuracy_std"] for r in rows], f"scenes test accuracy, {options.steps} steps x {options.batch_size}, "
+        f"seeds {options.seeds}", "accuracy", reference=prior, reference_label="answer prior (no image)",
+    )
+    print(f"wrote {out}, {options.plot}" + (f", {options.docs}" if options.docs else ""))
+
+
+if __name__ == "__main__":
+    main()

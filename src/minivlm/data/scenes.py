@@ -1,0 +1,216 @@
+"""The scenes task: a harder synthetic VQA benchmark where one question-agnostic token must lose information.
+
+An image is an 8×8 grid of cells (8 px each at the default 64 px, so a patch-8 encoder
+sees one cell per patch); about half the cells hold a filled shape of one of five colours.
+Questions name positions ("row three column five"), so the answer lives in one or two of
+64 patches: the colour or shape at a cell, how many shapes of a colour a row holds, and
+whether two named cells share a colour. With every patch (LLaVA-1.5) or with pre-fusion
+(the question's tokens attend to all patches before compression), the model can look
+where the question points. A single token made without seeing the question must carry
+all 64 cells at once, which is what the ablation in `benchmarks/ablation.py` measures.
+
+Splits are disjoint by construction: a scene's split is a function of its content (a hash
+of its layout, which determines the image exactly), so two samples with the same image
+can never land in different splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from minivlm.data.synthetic import SPECIAL_TOKENS
+
+GRID = 8
+COLOURS = ("red", "green", "blue", "yellow", "white")
+COLOUR_RGB = {
+    "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0), "white": (255, 255, 255),
+}
+SHAPES = ("circle", "square", "triangle")
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight")
+QUESTION_TEMPLATES = {
+    "colour_at": "What colour is the shape in row {row} column {col} ?",
+    "shape_at": "What shape is in row {row} column {col} ?",
+    "count_row": "How many {colour} shapes are in row {row} ?",
+    "same_colour": "Do row {row} column {col} and row {row2} column {col2} have the same colour ?",
+}
+KINDS = tuple(QUESTION_TEMPLATES)
+OCCUPANCY = 0.5
+SHAPE_FRACTION = 0.75  # shape side / cell side
+Split = Literal["train", "val", "test"]
+# Share of scenes (by layout hash, in percent) that each split owns.
+SPLIT_PERCENT: dict[str, range] = {"train": range(0, 90), "val": range(90, 95), "test": range(95, 100)}
+
+EMPTY = -1
+
+
+@dataclass(frozen=True)
+class SceneSample:
+    """One example. `layout` (GRID, GRID) holds colour * len(SHAPES) + shape per cell, -1 if empty."""
+
+    image: np.ndarray
+    question: str
+    answer: str
+    kind: str
+    layout: np.ndarray
+
+
+def layout_split(layout: np.ndarray) -> Split:
+    """The split a scene belongs to, decided by a hash of its layout (and so of its image)."""
+    digest = hashlib.blake2b(layout.astype(np.int8).tobytes(), digest_size=8).digest()
+    percent = int.from_bytes(digest, "little") % 100
+    return next(name for name, owned in SPLIT_PERCENT.items() if percent in owned)  # type: ignore[return-value]
+
+
+class ScenesTask:
+    """Deterministic scenes VQA: `sample(index)` depends only on (seed, index).
+
+    `indices(split, count)` lists the first `count` generator indices whose scene belongs to
+    `split`; a split's samples are `sample(i)` for those indices.
+    """
+
+    def __init__(self, image_size: int = 64, seed: int = 0) -> None:
+        if image_size % GRID or image_size < 4 * GRID:
+            raise ValueError(f"image_size must be a multiple of {GRID} and >= {4 * GRID}, got {image_size}")
+        self.image_size = image_size
+        self.seed = seed
+        cell = image_size // GRID
+        coords = np.arange(cell) + 0.5 - cell / 2  # pixel centres relative to the cell centre
+        ys, xs = np.meshgrid(coords, coords, indexing="ij")
+        half = SHAPE_FRACTION * cell / 2
+        depth = ys + half
+        self._masks = {
+            "circle": xs**2 + ys**2 <= half**2,
+            "square": (np.abs(xs) < half) & (np.abs(ys) < half),
+            "triangle": (depth > 0) & (ys < half) & (np.abs(xs) < depth / 2),
+        }
+        self._split_cache: dict[str, list[int]] = {}
+
+    def _rng(self, index: int) -> np.random.Generator:
+        if index < 0:
+            raise IndexError(f"scene indices start at 0, got {index}")
+        return np.random.default_rng(np.random.SeedSequence([self.seed, index]))
+
+    def layout(self, index: int, rng: np.random.Generator | None = None) -> np.ndarray:
+        """The (GRID, GRID) cell codes of scene `index` (at least two occupied cells)."""
+        rng = rng if rng is not None else self._rng(index)
+        codes = rng.integers(len(COLOURS) * len(SHAPES), size=(GRID, GRID))
+        occupied = rng.random((GRID, GRID)) < OCCUPANCY
+        while occupied.sum() < 2:
+            occupied = rng.random((GRID, GRID)) < OCCUPANCY
+        return np.where(occupied, codes, EMPTY)
+
+    def indices(self, split: Split, count: int) -> list[int]:
+        """The first `count` generator indices whose scenes belong to `split`."""
+        if split not in SPLIT_PERCENT:
+            raise ValueError(f"unknown split {split!r}; splits are {', '.join(SPLIT_PERCENT)}")
+        found = self._split_cache.setdefault(split, [])
+        index = found[-1] + 1 if found else 0
+        while len(found) < count:
+            if layout_split(self.layout(index)) == split:
+                found.append(index)
+            index += 1
+        return found[:count]
+
+    def sample(self, index: int) -> SceneSample:
+        rng = self._rng(index)
+        layout = self.layout(index, rng)
+        kind = KINDS[rng.integers(len(KINDS))]
+        question, answer = _ask(kind, layout, rng)
+        return SceneSample(self.render(layout), question, answer, kind, layout)
+
+    def render(self, layout: np.ndarray) -> np.ndarray:
+        """The (S, S, 3) uint8 image of a layout: shapes on black, one per occupied cell."""
+        cell = self.image_size // GRID
+        image = np.zeros((self.image_size, self.image_size, 3), dtype=np.uint8)
+        for row, col in zip(*np.nonzero(layout != EMPTY)):
+            colour, shape = divmod(int(layout[row, col]), len(SHAPES))
+            patch = image[row * cell : (row + 1) * cell, col * cell : (col + 1) * cell]
+            patch[self._masks[SHAPES[shape]]] = COLOUR_RGB[COLOURS[colour]]
+        return image
+
+    def export(self, directory: str | Path, split: Split, count: int) -> Path:
+        """Writes `count` samples of `split` as PNGs and a LLaVA-format question file
+        (`questions.jsonl`, answers included) for `minivlm evaluate`; returns that file."""
+        directory = Path(directory)
+        (directory / "images").mkdir(parents=True, exist_ok=True)
+        lines = []
+        for index in self.indices(split, count):
+            sample = self.sample(index)
+            name = f"images/{split}-{index}.png"
+            Image.fromarray(sample.image).save(directory / name)
+            lines.append({
+                "question_id": f"{split}-{index}", "image": name, "text": sample.question,
+                "answers": sample.answer, "kind": sample.kind,
+            })
+        path = directory / "questions.jsonl"
+        path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        return path
+
+
+def _cell_name(row: int, col: int) -> dict[str, str]:
+    return {"row": NUMBER_WORDS[row + 1], "col": NUMBER_WORDS[col + 1]}
+
+
+def _ask(kind: str, layout: np.ndarray, rng: np.random.Generator) -> tuple[str, str]:
+    """Draw a question of `kind` about `layout` and compute its answer."""
+    template = QUESTION_TEMPLATES[kind]
+    occupied = np.argwhere(layout != EMPTY)
+    if kind in ("colour_at", "shape_at"):
+        row, col = occupied[rng.integers(len(occupied))]
+        colour, shape = divmod(int(layout[row, col]), len(SHAPES))
+        answer = COLOURS[colour] if kind == "colour_at" else SHAPES[shape]
+        return template.format(**_cell_name(row, col)), answer
+    if kind == "count_row":
+        row = int(rng.integers(GRID))
+        colours = [divmod(int(code), len(SHAPES))[0] for code in layout[row] if code != EMPTY]
+        # Mostly ask about a colour the row holds, otherwise "zero" dominates the answers.
+        if colours and rng.random() < 0.75:
+            colour = colours[rng.integers(len(colours))]
+        else:
+            colour = int(rng.integers(len(COLOURS)))
+        return template.format(colour=COLOURS[colour], row=NUMBER_WORDS[row + 1]), NUMBER_WORDS[colours.count(colour)]
+    colours = layout[occupied[:, 0], occupied[:, 1]] // len(SHAPES)
+    first = int(rng.integers(len(occupied)))
+    matching = colours == colours[first]
+    matching[first] = False
+    # Half the time pick a cell of the same colour when there is one, else "no" is right ~80% of the time.
+    pool = np.flatnonzero(matching) if matching.any() and rng.random() < 0.5 else np.flatnonzero(~matching)
+    pool = pool[pool != first]
+    second = int(pool[rng.integers(len(pool))]) if len(pool) else int((first + 1) % len(occupied))
+    (r1, c1), (r2, c2) = occupied[first], occupied[second]
+    same = colours[first] == colours[second]
+    names = _cell_name(r1, c1) | {"row2": NUMBER_WORDS[r2 + 1], "col2": NUMBER_WORDS[c2 + 1]}
+    return template.format(**names), "yes" if same else "no"
+
+
+def scenes_vocabulary() -> list[str]:
+    """Every word the task's questions and answers can contain, sorted."""
+    words = set(COLOURS) | set(SHAPES) | set(NUMBER_WORDS) | {"yes", "no"}
+    for template in QUESTION_TEMPLATES.values():
+        words.update(word for word in template.split() if not word.startswith("{"))
+    return sorted(words)
+
+
+def build_scenes_tokenizer() -> PreTrainedTokenizerFast:
+    """The word-level tokenizer of the scenes task, built offline (special tokens as the shapes task's)."""
+    vocab = {token: i for i, token in enumerate((*SPECIAL_TOKENS, *scenes_vocabulary()))}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        eos_token="<|end|>",
+        additional_special_tokens=["<|user|>", "<|assistant|>"],
+        clean_up_tokenization_spaces=False,
+    )

@@ -1,0 +1,145 @@
+"""The scenes task: deterministic, answers checked from pixels, splits that share no scene."""
+
+import hashlib
+import re
+from collections import Counter, defaultdict
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from minivlm.data.scenes import (
+    COLOUR_RGB,
+    COLOURS,
+    EMPTY,
+    GRID,
+    NUMBER_WORDS,
+    SHAPES,
+    ScenesTask,
+    build_scenes_tokenizer,
+    layout_split,
+)
+from minivlm.data.scenes_datamodule import ScenesDataset
+from minivlm.eval.evaluate import read_questions
+
+CELL_RE = re.compile(r"row (\w+) column (\w+)")
+
+
+@pytest.fixture(scope="module")
+def task() -> ScenesTask:
+    return ScenesTask(seed=0)
+
+
+def read_cell(image: np.ndarray, row: int, col: int) -> tuple[str, str] | None:
+    """(colour, shape) of a cell read from pixels alone: colour at the centre, shape by filled area."""
+    cell = image.shape[0] // GRID
+    patch = image[row * cell : (row + 1) * cell, col * cell : (col + 1) * cell]
+    filled = patch.any(axis=2)
+    if not filled.any():
+        return None
+    colour = next(name for name, rgb in COLOUR_RGB.items() if tuple(patch[cell // 2, cell // 2]) == rgb)
+    area = int(filled.sum())  # at 8 px cells: square 36, circle 32, triangle 18
+    shape = "square" if area >= 34 else "circle" if area >= 26 else "triangle"
+    return colour, shape
+
+
+def test_same_seed_and_index_give_the_same_sample_in_any_order(task):
+    forward = [task.sample(i) for i in range(20)]
+    backward = [ScenesTask(seed=0).sample(i) for i in reversed(range(20))][::-1]
+    for a, b in zip(forward, backward):
+        assert a.image.tobytes() == b.image.tobytes() and (a.question, a.answer) == (b.question, b.answer)
+    other = ScenesTask(seed=1)
+    assert sum(task.sample(i).image.tobytes() != other.sample(i).image.tobytes() for i in range(20)) == 20
+
+
+def test_answers_agree_with_the_pixels(task):
+    words = {word: i for i, word in enumerate(NUMBER_WORDS)}
+    kinds = Counter()
+    for index in range(400):
+        s = task.sample(index)
+        cells = [(words[r] - 1, words[c] - 1) for r, c in CELL_RE.findall(s.question)]
+        kinds[s.kind] += 1
+        if s.kind == "colour_at":
+            assert read_cell(s.image, *cells[0])[0] == s.answer
+        elif s.kind == "shape_at":
+            assert read_cell(s.image, *cells[0])[1] == s.answer
+        elif s.kind == "same_colour":
+            first, second = (read_cell(s.image, *cell) for cell in cells)
+            assert cells[0] != cells[1]
+            assert ("yes" if first[0] == second[0] else "no") == s.answer
+        else:
+            colour, row = re.match(r"How many (\w+) shapes are in row (\w+)", s.question).groups()
+            found = [read_cell(s.image, words[row] - 1, col) for col in range(GRID)]
+            assert NUMBER_WORDS[sum(f is not None and f[0] == colour for f in found)] == s.answer
+    assert set(kinds) == {"colour_at", "shape_at", "count_row", "same_colour"} and min(kinds.values()) > 60
+
+
+def test_scenes_are_crowded_and_answers_need_the_image(task):
+    samples = [task.sample(i) for i in range(3000)]
+    occupied = [int((s.layout != EMPTY).sum()) for s in samples]
+    assert 24 <= np.mean(occupied) <= 40  # about half of the 64 cells
+    # The best answer per question text (what a blind model can learn) is right < 50 % of the time.
+    by_question = defaultdict(Counter)
+    for s in samples:
+        by_question[re.sub(r"row \w+|column \w+", "", s.question)][s.answer] += 1
+    blind = sum(c.most_common(1)[0][1] for c in by_question.values()) / len(samples)
+    assert blind < 0.5
+
+
+def test_splits_share_no_scene(task):
+    sizes = {"train": 3000, "val": 300, "test": 300}
+    indices = {split: task.indices(split, size) for split, size in sizes.items()}
+    assert all(len(set(found)) == sizes[split] for split, found in indices.items())
+    assert not set(indices["train"]) & set(indices["val"]) and not set(indices["val"]) & set(indices["test"])
+    images = {
+        split: {hashlib.sha256(task.sample(i).image.tobytes()).hexdigest() for i in found}
+        for split, found in indices.items()
+    }
+    assert not images["train"] & images["val"] and not images["train"] & images["test"]
+    assert not images["val"] & images["test"]
+    # Why this holds for any size: a scene's split is a function of its layout, and the
+    # image determines the layout (rendering is one-to-one), so equal images share a split.
+    for split, found in indices.items():
+        assert all(layout_split(task.layout(i)) == split for i in found[:200])
+    codes = np.arange(len(COLOURS) * len(SHAPES)).reshape(3, 5)
+    layout = np.full((GRID, GRID), EMPTY)
+    layout[:3, :5] = codes
+    drawn = task.render(layout)
+    distinct = {drawn[r * 8 : r * 8 + 8, c * 8 : c * 8 + 8].tobytes() for r in range(3) for c in range(6)}
+    assert len(distinct) == 16  # 15 codes and the empty cell all look different
+
+
+def test_split_indices_are_stable_and_extend():
+    a, b = ScenesTask(seed=3), ScenesTask(seed=3)
+    assert a.indices("val", 50) == b.indices("val", 20) + b.indices("val", 50)[20:]
+    with pytest.raises(ValueError, match="unknown split 'dev'"):
+        a.indices("dev", 5)  # type: ignore[arg-type]
+
+
+def test_tokenizer_covers_every_question_and_answer(task):
+    tokenizer = build_scenes_tokenizer()
+    for i in range(300):
+        s = task.sample(i)
+        ids = tokenizer(f"{s.question} {s.answer}", add_special_tokens=False)["input_ids"]
+        assert tokenizer.unk_token_id not in ids
+        assert tokenizer.decode(ids) == f"{s.question} {s.answer}"
+
+
+def test_export_writes_a_question_file_for_evaluate(task, tmp_path):
+    path = task.export(tmp_path, "test", 5)
+    questions = read_questions(path)
+    expected = [task.sample(i) for i in task.indices("test", 5)]
+    assert [q.text for q in questions] == [s.question for s in expected]
+    assert [q.answers for q in questions] == [s.answer for s in expected]
+    loaded = np.asarray(Image.open(tmp_path / questions[2].image))
+    assert np.array_equal(loaded, expected[2].image)
+
+
+def test_dataset_records(task):
+    dataset = ScenesDataset(task, "val", 4)
+    turns, images = dataset[1]
+    sample = task.sample(task.indices("val", 4)[1])
+    assert turns[0].text == f"<image> {sample.question}" and turns[1].text == sample.answer
+    assert np.array_equal(images[0], sample.image)
+    prompts = ScenesDataset(task, "val", 4, prompts_only=True)
+    assert len(prompts) == 4 and len(prompts[1][0]) == 1
