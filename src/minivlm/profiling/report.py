@@ -1,0 +1,189 @@
+"""`minivlm profile`: FLOPs, memory and latency of recipes side by side, as a table, JSON and a plot."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from minivlm.profiling.build import build_from_recipe, read_model_section
+from minivlm.profiling.flops import PARTS, FlopsBreakdown, count_flops
+from minivlm.profiling.inputs import synthetic_batch, vision_tokens_per_image
+from minivlm.profiling.latency import Latency, measure_latency
+from minivlm.profiling.memory import GIB, MemoryEstimate, estimate_memory
+
+DType = Literal["float16", "bfloat16", "float32"]
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+MIB = 1024**2
+
+
+@dataclass
+class RecipeProfile:
+    """Everything `minivlm profile` reports for one recipe. `latency` is None when the model
+    was not instantiated; `latency_note` then says why."""
+
+    name: str
+    hd_grid: int
+    tokens_per_image: int
+    parameters: dict[str, int]
+    flops: FlopsBreakdown
+    memory: MemoryEstimate
+    latency: Latency | None
+    latency_note: str | None
+    count_seconds: float
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "hd_grid": self.hd_grid, "tokens_per_image": self.tokens_per_image,
+            "parameters": self.parameters, "flops": self.flops.to_dict(), "memory": self.memory.to_dict(),
+            "latency": None if self.latency is None else self.latency.to_dict(), "latency_note": self.latency_note,
+            "count_seconds": self.count_seconds,
+        }
+
+
+def profile_recipe(
+    recipe: str | Path,
+    prompt_tokens: int = 64,
+    answer_tokens: int = 0,
+    memory_gb: float = 24.0,
+    dtype: DType = "float16",
+    latency_repeats: int = 5,
+    latency_max_gb: float = 4.0,
+    device: str = "cpu",
+    section: dict | None = None,
+    name: str | None = None,
+) -> RecipeProfile:
+    """Counts FLOPs and memory on the meta device (in `dtype`), then, when the model's float32
+    weights fit in `latency_max_gb` GiB and `latency_repeats` > 0, builds it for real on
+    `device` (random weights) and times `generate`."""
+    start = time.perf_counter()
+    built = build_from_recipe(recipe, "meta", section)
+    model = built.model.to(DTYPES[dtype])
+    tokens = vision_tokens_per_image(model, built.hd_grid)
+    flops = count_flops(model, built.hd_grid, prompt_tokens, answer_tokens)
+    memory = estimate_memory(model, tokens, prompt_tokens, memory_gb)
+    parameters = {part: sum(p.numel() for p in getattr(model, part).parameters()) for part in PARTS}
+    elapsed = time.perf_counter() - start
+    latency, note = None, None
+    float32_gb = 4 * sum(parameters.values()) / GIB
+    if latency_repeats < 1:
+        note = "not measured (--latency-repeats 0)"
+    elif float32_gb > latency_max_gb:
+        note = f"not measured: float32 weights need {float32_gb:.1f} GiB, over --latency-max-gb {latency_max_gb:g}"
+    else:
+        torch.manual_seed(0)
+        real = build_from_recipe(recipe, device, section).model
+        if torch.device(device).type != "cpu":
+            real = real.to(DTYPES[dtype])
+        batch = synthetic_batch(real, built.hd_grid, prompt_tokens)
+        latency = measure_latency(real, batch, repeats=latency_repeats)
+        del real
+    return RecipeProfile(
+        name=name or str(recipe), hd_grid=built.hd_grid, tokens_per_image=tokens, parameters=parameters,
+        flops=flops, memory=memory, latency=latency, latency_note=note, count_seconds=elapsed,
+    )
+
+
+def with_compressor_size(recipe: str | Path, tokens: int) -> dict:
+    """The recipe's `model:` section with the compressor's `size` set so it keeps `tokens` (a square)."""
+    section = copy.deepcopy(read_model_section(recipe))
+    size = math.isqrt(tokens)
+    if size * size != tokens:
+        raise ValueError(f"--sweep-tokens {tokens} is not a square; a size×size compressor keeps size² tokens")
+    init_args = section.get("compressor", {}).get("init_args", {})
+    if "size" not in init_args:
+        raise ValueError(f"recipe {recipe}: its compressor has no `size` in init_args, so it cannot be swept")
+    init_args["size"] = size
+    return section
+
+
+def short_name(path: str | Path) -> str:
+    """`recipes/llava-mini/vicuna-7b/stage2.yaml` -> `llava-mini/vicuna-7b/stage2`."""
+    parts = Path(path).with_suffix("").parts
+    return "/".join(parts[parts.index("recipes") + 1 :] if "recipes" in parts else parts[-3:])
+
+
+def profile(
+    config: str,
+    compare: list[str] | None = None,
+    prompt_tokens: int = 64,
+    answer_tokens: int = 0,
+    json_path: str | None = None,
+    plot: str | None = None,
+    memory_gb: float = 24.0,
+    dtype: DType = "float16",
+    sweep_tokens: list[int] | None = None,
+    latency_repeats: int = 5,
+    latency_max_gb: float = 4.0,
+    device: str = "cpu",
+) -> list[RecipeProfile]:
+    """Profiles `config`, every `compare` recipe, and `config` with its compressor set to each of
+    `sweep_tokens`; prints the table and writes the JSON and the plot when asked."""
+    options = dict(
+        prompt_tokens=prompt_tokens, answer_tokens=answer_tokens, memory_gb=memory_gb, dtype=dtype,
+        latency_repeats=latency_repeats, latency_max_gb=latency_max_gb, device=device,
+    )
+    for recipe in [config, *(compare or [])]:
+        read_model_section(recipe)  # a missing or malformed file fails before any counting
+    sections = [(tokens, with_compressor_size(config, tokens)) for tokens in sweep_tokens or []]
+    profiles = [profile_recipe(r, name=short_name(r), **options) for r in [config, *(compare or [])]]
+    sweep = [
+        profile_recipe(config, section=section, name=f"{short_name(config)} @{tokens}", **options)
+        for tokens, section in sections
+    ]
+    print(format_table(profiles + sweep, memory_gb))
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        payload = {"options": options, "profiles": [p.to_dict() for p in profiles], "sweep": [p.to_dict() for p in sweep]}
+        Path(json_path).write_text(json.dumps(payload, indent=2))
+    if plot:
+        from minivlm.profiling.plot import plot_profiles
+
+        plot_profiles(profiles, sweep, plot)
+    return profiles + sweep
+
+
+def format_table(profiles: list[RecipeProfile], memory_gb: float) -> str:
+    """One column per recipe; the first is the reference for the reduction row."""
+    ref = profiles[0].flops.total
+    rows: list[tuple[str, list[str]]] = [
+        ("vision tokens / image", [str(p.tokens_per_image) for p in profiles]),
+        ("LLM prefill tokens", [str(p.flops.llm_tokens) for p in profiles]),
+        ("pre-fusion tokens", [str(p.flops.prefusion_tokens) for p in profiles]),
+    ]
+    rows += [(f"{part} TFLOPs", [f"{p.flops.parts[part] / 1e12:.3f}" for p in profiles]) for part in PARTS]
+    rows += [
+        ("prefill TFLOPs", [f"{p.flops.prefill / 1e12:.3f}" for p in profiles]),
+        ("  of which attention", [f"{p.flops.attention / 1e12:.3f}" for p in profiles]),
+        ("decode GFLOPs / token", [f"{p.flops.decode_per_token / 1e9:.2f}" for p in profiles]),
+        ("total TFLOPs", [f"{p.flops.total / 1e12:.3f}" for p in profiles]),
+        ("vs first column", [f"{100 * (p.flops.total / ref - 1):+.1f} %" for p in profiles]),
+        ("weights GiB", [f"{p.memory.weight_bytes / GIB:.2f} ({p.memory.dtype})" for p in profiles]),
+        ("KV cache MiB / token", [f"{p.memory.kv_bytes_per_token / MIB:.3f}" for p in profiles]),
+        ("KV cache MiB / image", [f"{p.memory.kv_bytes_per_image / MIB:.1f}" for p in profiles]),
+        ("KV cache MiB / frame", [f"{p.memory.kv_bytes_per_frame / MIB:.1f}" for p in profiles]),
+        (f"video frames in {memory_gb:g} GiB", [f"{p.memory.longest_video_frames:,}" for p in profiles]),
+        ("time to first token ms", [_ms(p, "ttft") for p in profiles]),
+        ("decode ms / token", [_ms(p, "decode") for p in profiles]),
+    ]
+    names = [p.name for p in profiles]
+    widths = [max(len(n), *(len(r[1][i]) for r in rows)) for i, n in enumerate(names)]
+    label = max(len(r[0]) for r in rows)
+    lines = [" " * label + "  " + "  ".join(n.rjust(w) for n, w in zip(names, widths))]
+    lines += [name.ljust(label) + "  " + "  ".join(v.rjust(w) for v, w in zip(values, widths)) for name, values in rows]
+    notes = [f"{p.name}: latency {p.latency_note}" for p in profiles if p.latency_note]
+    return "\n".join(lines + notes)
+
+
+def _ms(p: RecipeProfile, which: str) -> str:
+    if p.latency is None:
+        return "-"
+    if which == "ttft":
+        return f"{p.latency.ttft_ms:.1f} ({p.latency.ttft_min_ms:.0f}-{p.latency.ttft_max_ms:.0f})"
+    return f"{p.latency.decode_ms_per_token:.2f}"
