@@ -25,6 +25,7 @@ commands:
   predict    generate answers for the predict set
   convert    turn another project's checkpoint into a minivlm model directory
              (minivlm convert hf-llava SRC DST | minivlm convert llava-mini SRC DST)
+  profile    FLOPs per part, KV-cache memory and latency of recipes, side by side
 
 `minivlm <command> --help` lists every option of a command."""
 
@@ -63,6 +64,25 @@ def convert(args: list[str]) -> None:
     CLI({"hf-llava": convert_hf_llava, "llava-mini": convert_llava_mini}, args=args, prog="minivlm convert")
 
 
+def profile(args: list[str]) -> None:
+    """`minivlm profile --config RECIPE [--compare RECIPE ...] [options]`."""
+    from jsonargparse import ArgumentParser
+
+    from minivlm.profiling.report import profile as run_profile
+
+    parser = ArgumentParser(prog="minivlm profile", description=run_profile.__doc__, exit_on_error=False)
+    # `--config` names a recipe here, not a config file of this command's own options; lists take
+    # several values after one flag (`--compare A B`), and dashes or underscores both work.
+    parser.add_function_arguments(run_profile, skip={"json_path", "compare", "sweep_tokens"})
+    parser.add_argument("--compare", nargs="+", type=str, default=None, help="recipes to profile beside --config")
+    parser.add_argument("--sweep_tokens", nargs="+", type=int, default=None, help="vision tokens per image to sweep")
+    parser.add_argument("--json", type=str | None, default=None, help="write the profiles as JSON to this file")
+    args = [a.split("=", 1)[0].replace("-", "_").replace("__", "--", 1) + a[len(a.split("=", 1)[0]):]
+            if a.startswith("--") else a for a in args]
+    options = parser.parse_args(args).as_dict()
+    run_profile(json_path=options.pop("json"), **options)
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the `minivlm` console script."""
     args = sys.argv[1:] if args is None else args
@@ -72,6 +92,8 @@ def main(args: list[str] | None = None) -> None:
     try:
         if args[0] == "convert":
             convert(args[1:])
+        elif args[0] == "profile":
+            profile(args[1:])
         elif args[0] in TRAINING_COMMANDS or args[0].startswith("-"):
             MiniVLMCLI(
                 MiniVLMModule,

@@ -123,8 +123,22 @@ def profile(
     latency_max_gb: float = 4.0,
     device: str = "cpu",
 ) -> list[RecipeProfile]:
-    """Profiles `config`, every `compare` recipe, and `config` with its compressor set to each of
-    `sweep_tokens`; prints the table and writes the JSON and the plot when asked."""
+    """Profiles recipes: FLOPs per part, KV-cache memory, latency; prints a table, writes JSON and a PNG.
+
+    Args:
+        config: the recipe to profile (the reference column of the table)
+        compare: recipes to profile beside it
+        prompt_tokens: text tokens in the prompt besides the image
+        answer_tokens: decoded tokens counted in the total
+        json_path: write every profile here as JSON
+        plot: write a PNG of FLOPs and latency against vision tokens per image here
+        memory_gb: device memory (GiB) for the longest-video estimate
+        dtype: dtype of weights and KV cache for memory, and of latency runs off the CPU
+        sweep_tokens: also profile `config` with its compressor keeping each of these token counts
+        latency_repeats: timed runs per recipe (0: do not measure latency)
+        latency_max_gb: measure latency only for models whose float32 weights fit in this many GiB
+        device: where latency is measured ("cpu", "cuda")
+    """
     options = dict(
         prompt_tokens=prompt_tokens, answer_tokens=answer_tokens, memory_gb=memory_gb, dtype=dtype,
         latency_repeats=latency_repeats, latency_max_gb=latency_max_gb, device=device,
@@ -157,15 +171,15 @@ def format_table(profiles: list[RecipeProfile], memory_gb: float) -> str:
         ("LLM prefill tokens", [str(p.flops.llm_tokens) for p in profiles]),
         ("pre-fusion tokens", [str(p.flops.prefusion_tokens) for p in profiles]),
     ]
-    rows += [(f"{part} TFLOPs", [f"{p.flops.parts[part] / 1e12:.3f}" for p in profiles]) for part in PARTS]
+    rows += [(f"{part} FLOPs", [si(p.flops.parts[part]) for p in profiles]) for part in PARTS]
     rows += [
-        ("prefill TFLOPs", [f"{p.flops.prefill / 1e12:.3f}" for p in profiles]),
-        ("  of which attention", [f"{p.flops.attention / 1e12:.3f}" for p in profiles]),
-        ("decode GFLOPs / token", [f"{p.flops.decode_per_token / 1e9:.2f}" for p in profiles]),
-        ("total TFLOPs", [f"{p.flops.total / 1e12:.3f}" for p in profiles]),
+        ("prefill FLOPs", [si(p.flops.prefill) for p in profiles]),
+        ("  of which attention", [si(p.flops.attention) for p in profiles]),
+        ("decode FLOPs / token", [si(p.flops.decode_per_token) for p in profiles]),
+        ("total FLOPs", [si(p.flops.total) for p in profiles]),
         ("vs first column", [f"{100 * (p.flops.total / ref - 1):+.1f} %" for p in profiles]),
         ("weights GiB", [f"{p.memory.weight_bytes / GIB:.2f} ({p.memory.dtype})" for p in profiles]),
-        ("KV cache MiB / token", [f"{p.memory.kv_bytes_per_token / MIB:.3f}" for p in profiles]),
+        ("KV cache KiB / token", [f"{p.memory.kv_bytes_per_token / 1024:.1f}" for p in profiles]),
         ("KV cache MiB / image", [f"{p.memory.kv_bytes_per_image / MIB:.1f}" for p in profiles]),
         ("KV cache MiB / frame", [f"{p.memory.kv_bytes_per_frame / MIB:.1f}" for p in profiles]),
         (f"video frames in {memory_gb:g} GiB", [f"{p.memory.longest_video_frames:,}" for p in profiles]),
@@ -179,6 +193,14 @@ def format_table(profiles: list[RecipeProfile], memory_gb: float) -> str:
     lines += [name.ljust(label) + "  " + "  ".join(v.rjust(w) for v, w in zip(values, widths)) for name, values in rows]
     notes = [f"{p.name}: latency {p.latency_note}" for p in profiles if p.latency_note]
     return "\n".join(lines + notes)
+
+
+def si(flops: int) -> str:
+    """FLOPs with an SI prefix: 8.840 T, 13.54 G, 91.2 M."""
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if flops >= scale:
+            return f"{flops / scale:.4g} {prefix}"
+    return str(flops)
 
 
 def _ms(p: RecipeProfile, which: str) -> str:
