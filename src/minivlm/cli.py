@@ -80,7 +80,10 @@ def profile(args: list[str]) -> None:
     args = [a.split("=", 1)[0].replace("-", "_").replace("__", "--", 1) + a[len(a.split("=", 1)[0]):]
             if a.startswith("--") else a for a in args]
     options = parser.parse_args(args).as_dict()
-    run_profile(json_path=options.pop("json"), **options)
+    try:
+        run_profile(json_path=options.pop("json"), **options)
+    except (OSError, ValueError) as error:  # a missing recipe or a value it cannot be profiled with
+        raise ConfigError(str(error)) from error
 
 
 def main(args: list[str] | None = None) -> None:

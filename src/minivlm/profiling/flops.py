@@ -164,3 +164,11 @@ def count_flops(model: MiniVLM, hd_grid: int = 1, prompt_tokens: int = 64, answe
         unattributed=parts.unattributed,
         by_op=parts.by_op,
     )
+
+
+def si(flops: int) -> str:
+    """FLOPs with an SI prefix: 8.840 T, 13.54 G, 91.2 M."""
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if flops >= scale:
+            return f"{flops / scale:.4g} {prefix}"
+    return str(flops)

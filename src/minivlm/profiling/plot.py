@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont
+
+from minivlm.profiling.flops import si
 
 if TYPE_CHECKING:
     from minivlm.profiling.report import RecipeProfile
@@ -17,7 +20,11 @@ COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
 
 
 def _panel(
-    draw: ImageDraw.ImageDraw, left: int, title: str, series: list[tuple[str, list[tuple[int, float]], bool]]
+    draw: ImageDraw.ImageDraw,
+    left: int,
+    title: str,
+    series: list[tuple[str, list[tuple[int, float]], bool]],
+    tick: Callable[[float], str],
 ) -> None:
     """One log-x panel. `series`: (label, [(tokens, value)], joined by a line)."""
     font = ImageFont.load_default()
@@ -44,7 +51,7 @@ def _panel(
         value = hi_y * i / 4
         _, y = at(1, value)
         draw.line([x0 - 4, y, x0, y], fill="black")
-        draw.text((left + 4, y - 6), f"{value:.3g}", fill="black", font=font)
+        draw.text((left + 4, y - 6), tick(value), fill="black", font=font)
     draw.text((x0 + 60, y1 + 24), "vision tokens per image (log scale)", fill="black", font=font)
     for i, (label, pts, joined) in enumerate(series):
         colour = COLOURS[i % len(COLOURS)]
@@ -72,7 +79,8 @@ def plot_profiles(profiles: list[RecipeProfile], sweep: list[RecipeProfile], pat
 
     image = Image.new("RGB", (2 * PANEL_W, PANEL_H), "white")
     draw = ImageDraw.Draw(image)
-    _panel(draw, 0, "prefill TFLOPs", series(lambda p: p.flops.prefill / 1e12))
-    _panel(draw, PANEL_W, "time to first token (ms)", series(lambda p: p.latency.ttft_ms if p.latency else None))
+    _panel(draw, 0, "prefill FLOPs", series(lambda p: p.flops.prefill), si)
+    ttft = series(lambda p: p.latency.ttft_ms if p.latency else None)
+    _panel(draw, PANEL_W, "time to first token (ms)", ttft, lambda v: f"{v:.3g}")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     image.save(path)

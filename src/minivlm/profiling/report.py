@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 
 from minivlm.profiling.build import build_from_recipe, read_model_section
-from minivlm.profiling.flops import PARTS, FlopsBreakdown, count_flops
+from minivlm.profiling.flops import PARTS, FlopsBreakdown, count_flops, si
 from minivlm.profiling.inputs import synthetic_batch, vision_tokens_per_image
 from minivlm.profiling.latency import Latency, measure_latency
 from minivlm.profiling.memory import GIB, MemoryEstimate, estimate_memory
@@ -193,14 +193,6 @@ def format_table(profiles: list[RecipeProfile], memory_gb: float) -> str:
     lines += [name.ljust(label) + "  " + "  ".join(v.rjust(w) for v, w in zip(values, widths)) for name, values in rows]
     notes = [f"{p.name}: latency {p.latency_note}" for p in profiles if p.latency_note]
     return "\n".join(lines + notes)
-
-
-def si(flops: int) -> str:
-    """FLOPs with an SI prefix: 8.840 T, 13.54 G, 91.2 M."""
-    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
-        if flops >= scale:
-            return f"{flops / scale:.4g} {prefix}"
-    return str(flops)
 
 
 def _ms(p: RecipeProfile, which: str) -> str:
