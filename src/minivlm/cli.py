@@ -65,23 +65,11 @@ def convert(args: list[str]) -> None:
 
 
 def profile(args: list[str]) -> None:
-    """`minivlm profile --config RECIPE [--compare RECIPE ...] [options]`."""
-    from jsonargparse import ArgumentParser
+    """`minivlm profile --config RECIPE [--compare RECIPE ...] [options]` (minivlm.profiling.command)."""
+    from minivlm.profiling.command import run
 
-    from minivlm.profiling.report import profile as run_profile
-
-    parser = ArgumentParser(prog="minivlm profile", description=run_profile.__doc__, exit_on_error=False)
-    # `--config` names a recipe here, not a config file of this command's own options; lists take
-    # several values after one flag (`--compare A B`), and dashes or underscores both work.
-    parser.add_function_arguments(run_profile, skip={"json_path", "compare", "sweep_tokens"})
-    parser.add_argument("--compare", nargs="+", type=str, default=None, help="recipes to profile beside --config")
-    parser.add_argument("--sweep_tokens", nargs="+", type=int, default=None, help="vision tokens per image to sweep")
-    parser.add_argument("--json", type=str | None, default=None, help="write the profiles as JSON to this file")
-    args = [a.split("=", 1)[0].replace("-", "_").replace("__", "--", 1) + a[len(a.split("=", 1)[0]):]
-            if a.startswith("--") else a for a in args]
-    options = parser.parse_args(args).as_dict()
     try:
-        run_profile(json_path=options.pop("json"), **options)
+        run(args)
     except (OSError, ValueError) as error:  # a missing recipe or a value it cannot be profiled with
         raise ConfigError(str(error)) from error
 

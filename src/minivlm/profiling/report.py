@@ -103,6 +103,15 @@ def with_compressor_size(recipe: str | Path, tokens: int) -> dict:
     return section
 
 
+def with_hd_grid(section: dict, hd_grid: int | None) -> dict:
+    """`section` with `hd_grid` set, or unchanged when `hd_grid` is None."""
+    if hd_grid is None:
+        return section
+    if hd_grid < 1:
+        raise ValueError(f"--hd-grid must be >= 1, got {hd_grid}")
+    return {**section, "hd_grid": hd_grid}
+
+
 def short_name(path: str | Path) -> str:
     """`recipes/llava-mini/vicuna-7b/stage2.yaml` -> `llava-mini/vicuna-7b/stage2`."""
     parts = Path(path).with_suffix("").parts
@@ -122,6 +131,7 @@ def profile(
     latency_repeats: int = 5,
     latency_max_gb: float = 4.0,
     device: str = "cpu",
+    hd_grid: int | None = None,
 ) -> list[RecipeProfile]:
     """Profiles recipes: FLOPs per part, KV-cache memory, latency; prints a table, writes JSON and a PNG.
 
@@ -138,23 +148,33 @@ def profile(
         latency_repeats: timed runs per recipe (0: do not measure latency)
         latency_max_gb: measure latency only for models whose float32 weights fit in this many GiB
         device: where latency is measured ("cpu", "cuda")
+        hd_grid: profile every recipe with images as n×n crops + the whole image (2: 672 px from a
+            336 px encoder), whatever its own `hd_grid` says
     """
     options = dict(
         prompt_tokens=prompt_tokens, answer_tokens=answer_tokens, memory_gb=memory_gb, dtype=dtype,
         latency_repeats=latency_repeats, latency_max_gb=latency_max_gb, device=device,
     )
-    for recipe in [config, *(compare or [])]:
-        read_model_section(recipe)  # a missing or malformed file fails before any counting
-    sections = [(tokens, with_compressor_size(config, tokens)) for tokens in sweep_tokens or []]
-    profiles = [profile_recipe(r, name=short_name(r), **options) for r in [config, *(compare or [])]]
+    recipes = [config, *(compare or [])]
+    # A missing or malformed file, or a bad override, fails before any counting.
+    sections = [with_hd_grid(read_model_section(r), hd_grid) for r in recipes]
+    sweep_sections = [(t, with_hd_grid(with_compressor_size(config, t), hd_grid)) for t in sweep_tokens or []]
+    suffix = "" if hd_grid is None else f" hd{hd_grid}"
+    profiles = [
+        profile_recipe(r, section=section, name=short_name(r) + suffix, **options) for r, section in zip(recipes, sections)
+    ]
     sweep = [
-        profile_recipe(config, section=section, name=f"{short_name(config)} @{tokens}", **options)
-        for tokens, section in sections
+        profile_recipe(config, section=section, name=f"{short_name(config)}{suffix} @{tokens}", **options)
+        for tokens, section in sweep_sections
     ]
     print(format_table(profiles + sweep, memory_gb))
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        payload = {"options": options, "profiles": [p.to_dict() for p in profiles], "sweep": [p.to_dict() for p in sweep]}
+        payload = {
+            "options": options | {"hd_grid": hd_grid},
+            "profiles": [p.to_dict() for p in profiles],
+            "sweep": [p.to_dict() for p in sweep],
+        }
         Path(json_path).write_text(json.dumps(payload, indent=2))
     if plot:
         from minivlm.profiling.plot import plot_profiles
