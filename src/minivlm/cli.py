@@ -27,6 +27,7 @@ commands:
              (minivlm convert hf-llava SRC DST | minivlm convert llava-mini SRC DST)
   shards     LLaVA JSON + media folder -> WebDataset shards (minivlm shards --annotations A --media-root M --out D)
   evaluate   answer a question file and score it:  minivlm evaluate --model DIR --questions Q.jsonl --out A.jsonl
+  profile    FLOPs per part, KV-cache memory and latency of recipes, side by side
 
 `minivlm <command> --help` lists every option of a command."""
 
@@ -79,6 +80,8 @@ def _underscored(arg: str) -> str:
         return arg
     name, sep, value = arg.partition("=")
     return "--" + name[2:].replace("-", "_") + sep + value
+
+
 def evaluate(args: list[str]) -> None:
     """`minivlm evaluate --model DIR_OR_ID --questions Q.jsonl --out A.jsonl [options]`."""
     from minivlm.eval.evaluate import evaluate as run
@@ -88,6 +91,16 @@ def evaluate(args: list[str]) -> None:
     except (ValueError, FileNotFoundError) as error:  # bad question, answer or model files: one line
         print(f"minivlm evaluate: error: {one_line(error)}", file=sys.stderr)
         sys.exit(2)
+
+
+def profile(args: list[str]) -> None:
+    """`minivlm profile --config RECIPE [--compare RECIPE ...] [options]` (minivlm.profiling.command)."""
+    from minivlm.profiling.command import run
+
+    try:
+        run(args)
+    except (OSError, ValueError) as error:  # a missing recipe or a value it cannot be profiled with
+        raise ConfigError(str(error)) from error
 
 
 def main(args: list[str] | None = None) -> None:
@@ -103,6 +116,8 @@ def main(args: list[str] | None = None) -> None:
             shards(args[1:])
         elif args[0] == "evaluate":
             evaluate(args[1:])
+        elif args[0] == "profile":
+            profile(args[1:])
         elif args[0] in TRAINING_COMMANDS or args[0].startswith("-"):
             MiniVLMCLI(
                 MiniVLMModule,

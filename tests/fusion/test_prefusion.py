@@ -4,7 +4,6 @@ import torch
 
 from conftest import WIDTH, tiny_llm_config
 from minivlm.fusion import DecoderPreFusion, NoPreFusion
-from minivlm.fusion.decoder import prefusion_attention_mask, prefusion_positions
 from minivlm.llms import HFLanguageModel
 
 
@@ -13,24 +12,6 @@ def attached(init="random", layers=2) -> DecoderPreFusion:
     fusion = DecoderPreFusion(num_layers=layers, init=init)
     fusion.attach(HFLanguageModel(config=tiny_llm_config()))
     return fusion
-
-
-def test_positions_count_only_fused_text():
-    fuse = torch.tensor([[True, False, True, True, False]])
-    assert prefusion_positions(3, fuse).tolist() == [[0, 1, 2, 3, 3, 4, 5, 5]]
-
-
-def test_mask_is_causal_and_hides_masked_text():
-    fuse = torch.tensor([[True, False, True]])
-    allowed = prefusion_attention_mask(2, fuse, torch.float32)[0, 0] == 0
-    expected = torch.tensor([
-        [1, 0, 0, 0, 0],
-        [1, 1, 0, 0, 0],
-        [1, 1, 1, 0, 0],
-        [1, 1, 1, 0, 0],
-        [1, 1, 1, 0, 1],
-    ], dtype=torch.bool)
-    assert torch.equal(allowed, expected)
 
 
 def test_masked_text_slots_come_back_unchanged_and_do_not_influence_others():

@@ -9,31 +9,30 @@ import torch
 from torch import nn
 
 from minivlm.fusion.base import PreFusion
+from minivlm.fusion.rows import layer_rows, supports_row_subset
 from minivlm.llms.base import LanguageModel
 
 
-def prefusion_positions(num_prefix: int, fuse_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids for [prefix ; text]: the prefix takes 0..num_prefix-1 and each fused text
-    token continues from there, counting only fused tokens (masked slots repeat the last one;
-    their outputs are discarded)."""
-    b = fuse_mask.shape[0]
-    prefix = torch.arange(num_prefix, device=fuse_mask.device).expand(b, num_prefix)
-    text = num_prefix + (fuse_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-    return torch.cat([prefix, text], dim=1)
+# Attention implementations that are causal when given no mask; any other gets an explicit one.
+_CAUSAL_WITHOUT_MASK = {"sdpa", "flash_attention_2", "flash_attention_3"}
 
 
-def prefusion_attention_mask(num_prefix: int, fuse_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Additive (B, 1, T, T) mask: causal, and no query may attend to a masked text slot.
+def compact_text(text: torch.Tensor, fuse_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reorders each sample's text slots so the fused ones come first, in order: returns the
+    reordered (B, M, D) text and the index (B, L) of every slot in it (M = L on the meta
+    device; otherwise the longest fused run, at least 1, so masked slots at the end are cut).
 
-    Every query sees at least the vision prefix, so no row is fully masked.
+    Masked slots are neither keys nor kept outputs. Placed after every fused slot, a causal
+    mask keeps them out of every fused slot's view, so pre-fusion needs no (B, T, T) mask.
     """
-    b, l = fuse_mask.shape
-    t = num_prefix + l
-    keys = torch.cat([fuse_mask.new_ones(b, num_prefix), fuse_mask], dim=1)
-    causal = torch.ones(t, t, dtype=torch.bool, device=fuse_mask.device).tril()
-    allowed = causal[None] & keys[:, None, :]
-    mask = torch.zeros(b, 1, t, t, dtype=dtype, device=fuse_mask.device)
-    return mask.masked_fill(~allowed[:, None], torch.finfo(dtype).min)
+    count = fuse_mask.sum(dim=1, keepdim=True)
+    fused_slot = fuse_mask.long().cumsum(dim=1) - 1
+    masked_slot = count + (~fuse_mask).long().cumsum(dim=1) - 1
+    order = torch.where(fuse_mask, fused_slot, masked_slot)
+    compact = torch.empty_like(text).scatter(1, order[..., None].expand_as(text), text)
+    if not compact.is_meta:  # cutting needs the counts on the host; on meta every row stays (same result)
+        compact = compact[:, : max(1, int(count.max()))]
+    return compact, order
 
 
 class DecoderPreFusion(PreFusion):
@@ -41,7 +40,9 @@ class DecoderPreFusion(PreFusion):
 
     Input order is [vision ; compressed ; text] under a causal mask that hides masked text
     slots; the compressed and text outputs are taken from the last block (no final norm,
-    as in the LLaVA-Mini release). `init="copy"` starts from the LLM's first `num_layers`
+    as in the LLaVA-Mini release). Masked text slots are dropped before the blocks run (so
+    attention is plain causal, with no (B, T, T) mask), and the last block computes its
+    queries and MLP only for the compressed and text rows when its layout allows it. `init="copy"` starts from the LLM's first `num_layers`
     layers; `"random"` (the release's behaviour) initialises like the LLM does.
     Text embeddings are detached on the way in (`detach_text`), as in the release.
     """
@@ -57,6 +58,7 @@ class DecoderPreFusion(PreFusion):
         self.detach_text = detach_text
         self.layers = nn.ModuleList()
         self.rotary_embedding: nn.Module | None = None
+        self.layer_config = None
 
     def attach(self, llm: LanguageModel) -> None:
         if len(llm.decoder_layers) < self.num_layers and self.init == "copy":
@@ -64,6 +66,7 @@ class DecoderPreFusion(PreFusion):
                 f"DecoderPreFusion(init='copy') wants {self.num_layers} layers, the LLM has {len(llm.decoder_layers)}"
             )
         config = llm.layer_config
+        self.layer_config = config
         layer_class = llm.decoder_layer_class
         self.layers = nn.ModuleList(layer_class(config, layer_idx=i) for i in range(self.num_layers))
         if self.init == "copy":
@@ -91,11 +94,31 @@ class DecoderPreFusion(PreFusion):
         n, k = vision.shape[1], compressed.shape[1]
         if self.detach_text:
             text = text.detach()
-        hidden = torch.cat([vision, compressed.to(vision.dtype), text.to(vision.dtype)], dim=1)
-        position_ids = prefusion_positions(n + k, fuse_mask)
-        mask = prefusion_attention_mask(n + k, fuse_mask, hidden.dtype)
+        dtype = vision.dtype
+        compact, order = compact_text(text.to(dtype), fuse_mask)
+        hidden = torch.cat([vision, compressed.to(dtype), compact], dim=1)
+        t = hidden.shape[1]
+        # Fused text continues the prefix's positions with no gaps, so positions are 0..t-1.
+        position_ids = torch.arange(t, device=hidden.device).expand(hidden.shape[0], t)
         position_embeddings = self.rotary_embedding(hidden, position_ids=position_ids)
-        for layer in self.layers:
+        mask = self._causal_mask(t, hidden)
+        *first, last = self.layers
+        for layer in first:
             hidden = layer(hidden, attention_mask=mask, position_ids=position_ids, position_embeddings=position_embeddings)
-        fused_text = torch.where(fuse_mask[..., None], hidden[:, n + k :], text.to(hidden.dtype))
-        return hidden[:, n : n + k], fused_text
+        if supports_row_subset(last):
+            kept = layer_rows(last, hidden, n, position_embeddings)
+        else:
+            out = last(hidden, attention_mask=mask, position_ids=position_ids, position_embeddings=position_embeddings)
+            kept = out[:, n:]
+        index = order.clamp(max=max(0, compact.shape[1] - 1))  # masked slots read any row; `where` drops it
+        fused = kept[:, k:].gather(1, index[..., None].expand(-1, -1, kept.shape[-1]))
+        fused_text = torch.where(fuse_mask[..., None], fused, text.to(kept.dtype))
+        return kept[:, :k], fused_text
+
+    def _causal_mask(self, t: int, hidden: torch.Tensor) -> torch.Tensor | None:
+        """None where the attention implementation is causal by itself, else a (1, 1, t, t) additive mask."""
+        if getattr(self.layer_config, "_attn_implementation", None) in _CAUSAL_WITHOUT_MASK:
+            return None
+        causal = torch.ones(t, t, dtype=torch.bool, device=hidden.device).tril()
+        mask = torch.zeros(1, 1, t, t, dtype=hidden.dtype, device=hidden.device)
+        return mask.masked_fill(~causal, torch.finfo(hidden.dtype).min)
