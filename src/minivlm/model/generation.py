@@ -101,7 +101,8 @@ def generate(
             break
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
         logits, cache = model.llm(
-            model.llm.embed(token[:, None]),
+            # A finished sample's next input is never used; any valid id will do (the pad id may not be one).
+            model.llm.embed(token.masked_fill(finished, 0)[:, None]),
             attention_mask=mask,
             position_ids=next_positions,
             cache=cache,
