@@ -45,7 +45,7 @@ def find_recipe(checkpoint: Path) -> Path:
             return directory / RECIPE_FILE
     raise FileNotFoundError(
         f"no {RECIPE_FILE} next to {checkpoint} (looked in {checkpoint.parent} and {checkpoint.parent.parent}); "
-        "pass the recipe the run was trained with (--config)"
+        "pass the recipe the run was trained with (--recipe)"
     )
 
 
