@@ -119,7 +119,7 @@ def push(
 ) -> None:
     """Upload a model directory to the Hugging Face Hub (a .ckpt is exported first).
 
-    The token comes from HF_TOKEN or `huggingface-cli login`; it is never printed or written.
+    The token comes from HF_TOKEN or `hf auth login`; it is never printed or written.
 
     Args:
         model: a model directory, or a training checkpoint (.ckpt) to export first
