@@ -116,6 +116,11 @@ class Terminal:
             time.sleep(0.2)
         raise AssertionError(f"terminal never showed what was expected; it shows:\n{self.screen()}")
 
+    def exited(self) -> bool:
+        panes = subprocess.run(["tmux", "-L", self.socket, "list-panes", "-t", "chat", "-F", "#{pane_dead}"],
+                               capture_output=True, text=True).stdout
+        return panes.strip() == "1"
+
     def close(self) -> None:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)
 
@@ -149,6 +154,37 @@ def test_interactive_chat_in_a_terminal(exported):
         terminal.send("/image nowhere.png")
         assert "error: image nowhere.png does not exist" in terminal.wait_for(lambda s: prompts(s) == 8)
         terminal.send("/quit")
-        terminal.wait_for(lambda s: "Pane is dead" in s, timeout=30)
+        terminal.wait_for(lambda s: terminal.exited(), timeout=120)
     finally:
         terminal.close()
+
+
+def test_video_and_images_reach_the_model_in_tag_order(exported, tmp_path, monkeypatch):
+    import av
+
+    from minivlm import MiniVLM
+
+    path = tmp_path / "clip.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=4)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        for i in range(12):  # 3 s at 4 fps: 3 frames at 1 fps
+            image = np.full((32, 32, 3), 20 * i, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    model = MiniVLM.from_pretrained(exported / "model")
+    seen = []
+    generate = model.generate
+    monkeypatch.setattr(model, "generate", lambda batch, **kw: seen.append(batch) or generate(batch, **kw))
+    session = ChatSession(model, max_new_tokens=2, out=open(os.devnull, "w"))
+    session.add_video(path)
+    session.add_image(exported / "red.png")
+    session.ask(COLOUR)
+    session.ask(COUNT)
+    first, second = seen
+    assert first.kinds == ("video", "image") and first.media_passes.tolist() == [3, 1]
+    assert second.kinds == ("video", "image")  # the second turn still carries the first turn's media
+    assert int((first.input_ids == -200).sum()) == 2

@@ -231,3 +231,24 @@ def test_revision_is_for_hub_ids_only(tmp_path):
     _, directory = saved_model(tmp_path, shard=False)
     with pytest.raises(ValueError, match="revision='v1' applies to Hub repo ids"):
         MiniVLM.from_pretrained(directory, revision="v1")
+
+
+def test_a_hub_id_loads_through_the_hub_cache_at_a_revision(tmp_path, monkeypatch):
+    import shutil
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    model, directory = saved_model(tmp_path, shard=False)
+    storage = tmp_path / "cache" / "models--someone--tiny-vlm"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(directory, storage / "snapshots" / commit)
+    (storage / "refs").mkdir()
+    (storage / "refs" / "v1").write_text(commit)
+    loaded = MiniVLM.from_pretrained("someone/tiny-vlm", revision="v1")
+    batch = two_sample_batch(model)
+    with torch.no_grad():
+        assert torch.equal(loaded(batch).logits, model(batch).logits)
+    with pytest.raises(Exception, match="(?i)cache"):
+        MiniVLM.from_pretrained("someone/tiny-vlm", revision="v2")
