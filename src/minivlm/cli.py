@@ -10,7 +10,6 @@ import logging
 import sys
 from argparse import ArgumentError
 from typing import Any, Literal
-from unittest import mock
 
 from jsonargparse import CLI
 from lightning.pytorch.callbacks import Callback, ProgressBar
@@ -191,13 +190,16 @@ def main(args: list[str] | None = None) -> None:
                 sys.exit(2)
         elif args[0] in TRAINING_COMMANDS or args[0].startswith("-"):
             # LightningCLI reads sys.argv itself; handing it `args` as well makes it warn about our own call.
-            with mock.patch.object(sys, "argv", ["minivlm", *args]):
+            saved_argv, sys.argv = sys.argv, ["minivlm", *args]
+            try:
                 MiniVLMCLI(
                     MiniVLMModule,
                     subclass_mode_data=True,
                     parser_kwargs={"exit_on_error": False},
                     save_config_kwargs={"overwrite": True},
                 )
+            finally:
+                sys.argv = saved_argv
         else:
             print(f"minivlm: error: unknown command {args[0]!r}\n\n{OVERVIEW}", file=sys.stderr)
             sys.exit(2)

@@ -85,3 +85,26 @@ def test_the_cli_installs_the_honest_bar_unless_told_otherwise(tmp_path):
 
     assert isinstance(trainer().progress_bar_callback, (StepRichProgressBar, StepTQDMProgressBar))
     assert trainer("--trainer.enable_progress_bar=false").progress_bar_callback is None
+
+
+def test_help_lists_the_sharing_commands_and_their_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert all(f"\n  {command} " in out for command in ("export", "push", "chat"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert all(option in out for option in ("--checkpoint", "--out", "--merge_lora", "--dtype", "--recipe"))
+
+
+def test_conventional_spellings_become_jsonargparse_ones():
+    from minivlm.cli import chat, push
+    from minivlm.cli_args import normalise
+
+    assert normalise(["--model", "m", "--image", "a.png", "--image", "b.png", "--max-new-tokens", "4", "What", "is",
+                      "it?"], chat, "prompt") == [
+        "--model=m", "--max_new_tokens=4", '--image=["a.png", "b.png"]', "--prompt=What is it?"]
+    assert normalise(["--model", "d", "--repo-id", "a/b", "--dry-run", "--private", "false"], push) == [
+        "--model=d", "--repo_id=a/b", "--dry_run=true", "--private=false"]

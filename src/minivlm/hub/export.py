@@ -160,5 +160,7 @@ def export_model(
     model.save_pretrained(out, max_shard_size=max_shard_size, dtype=DTYPES[dtype] if dtype else None)
     if info.recipe is not None:
         (out / RECIPE_FILE).write_text(info.recipe)
+    else:  # a recipe left from an earlier export into the same directory would describe another model
+        (out / RECIPE_FILE).unlink(missing_ok=True)
     (out / CARD_FILE).write_text(model_card(model, info))
     return sorted(p for p in out.rglob("*") if p.is_file())
