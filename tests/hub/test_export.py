@@ -21,6 +21,7 @@ from minivlm.model.weights import WEIGHTS_FILE, read_header
 from minivlm.processing.templates import Turn
 from minivlm.training.checkpoint import load_trained_model
 
+# One source for the batch, used here and by the fresh interpreter below (hence a string).
 FIXED_BATCH = """
 def fixed_batch(processor):
     task = ShapesTask(image_size=32, seed=5)
@@ -125,3 +126,17 @@ def test_export_without_a_recipe_names_where_it_looked(run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("minivlm export: error: no config.yaml next to") and "(--recipe)" in err
     assert not (tmp_path / "m").exists()
+
+
+def test_model_card_names_the_base_models_of_the_recipe(run):
+    from minivlm.hub.export import base_models, model_card
+
+    recipe = {"model": {"encoder": {"init_args": {"pretrained": "openai/clip-vit-large-patch14-336"}},
+                        "llm": {"init_args": {"pretrained": "lmsys/vicuna-7b-v1.5"}},
+                        "projector": {"init_args": {"in_dim": 4}}}}
+    assert base_models(recipe) == ["openai/clip-vit-large-patch14-336", "lmsys/vicuna-7b-v1.5"]
+    model = load_trained_model(run / "checkpoints" / "last.ckpt").model
+    card = model_card(model, ExportInfo(recipe=yaml.safe_dump(recipe), trained_parts=["projector"], global_step=7))
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["base_model"] == base_models(recipe) and front["trained_parts"] == ["projector"]
+    assert "flops_per_image" not in front  # only when the profiler measured it
