@@ -58,3 +58,20 @@ def shapes_processor(model: MiniVLM) -> Processor:
 @pytest.fixture
 def vlm() -> MiniVLM:
     return tiny_vlm()
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory):
+    """The directory of a 2-step `minivlm fit` of the tiny recipe (checkpoints/last.ckpt, config.yaml),
+    shared by the export, push and docs tests."""
+    from pathlib import Path
+
+    from minivlm.cli import main
+
+    root = tmp_path_factory.mktemp("run")
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "tiny-shapes.yaml"
+    main(["fit", "--config", str(recipe), "--trainer.max_steps=2", "--trainer.val_check_interval=2",
+          "--data.init_args.val_size=4", "--data.init_args.batch_size=4", "--trainer.logger=false",
+          "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+          f"--trainer.default_root_dir={root}"])
+    return root

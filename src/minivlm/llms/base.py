@@ -15,6 +15,7 @@ class LanguageModel(nn.Module):
     (`hidden_size`), its embedding table (`embed`), and, for pre-fusion built from the
     LLM's own layers, `decoder_layers`, `decoder_layer_class`, `layer_config` and a
     `rotary_embedding` module that maps position ids to the layers' (cos, sin).
+    `forward(..., logits_to_keep=n)` computes logits for the last n positions only (0: all).
     """
 
     hidden_size: int
@@ -46,5 +47,6 @@ class LanguageModel(nn.Module):
         position_ids: torch.Tensor | None = None,
         cache: Any = None,
         use_cache: bool = False,
+        logits_to_keep: int = 0,
     ) -> tuple[torch.Tensor, Any]:
         raise NotImplementedError

@@ -81,6 +81,7 @@ class HFLanguageModel(LanguageModel):
         position_ids: torch.Tensor | None = None,
         cache: Any = None,
         use_cache: bool = False,
+        logits_to_keep: int = 0,
     ) -> tuple[torch.Tensor, Any]:
         out = self.model(
             inputs_embeds=inputs_embeds,
@@ -88,5 +89,6 @@ class HFLanguageModel(LanguageModel):
             position_ids=position_ids,
             cache=cache,
             use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
         )
         return out.logits, out.cache

@@ -18,8 +18,10 @@ from minivlm.fusion.base import PreFusion
 from minivlm.llms.base import LanguageModel
 from minivlm.processing.batch import IGNORE_INDEX, Batch
 from minivlm.processing.images import normalise_pixels
-from minivlm.model import pretrained
-from minivlm.model.inputs import LLMInputs, splice_media, stitch_tiles, to_left_padding
+from minivlm.model import generation, pretrained
+from minivlm.model.generation import TokenStreamer
+from minivlm.model.weights import DEFAULT_MAX_SHARD_SIZE, empty_parameters, load_weights, save_weights
+from minivlm.model.inputs import LLMInputs, splice_media, stitch_tiles
 from minivlm.processing.processor import PROCESSOR_FILE, Processor
 from minivlm.projectors.base import Projector
 
@@ -93,42 +95,56 @@ class MiniVLM(nn.Module):
         self.frames_per_chunk = frames_per_chunk
         prefusion.attach(llm)
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Writes config.json (each part's class_path and init_args), model.safetensors and,
-        when the model has a processor, the tokenizer and processor files."""
+    def save_pretrained(
+        self, directory: str | Path, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE, dtype: torch.dtype | None = None
+    ) -> list[str]:
+        """Writes config.json (each part's class_path and init_args), the weights (model.safetensors,
+        or shards of at most `max_shard_size` plus an index, in `dtype` if given) and, when the
+        model has a processor, the tokenizer and processor files. Returns the weight file names."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         parts = {name: getattr(self, name) for name in pretrained.PART_NAMES}
         pretrained.write_config(
             directory, parts, {"vision_tokens": self.vision_tokens, "frames_per_chunk": self.frames_per_chunk}
         )
-        pretrained.save_weights(self, directory)
+        files = save_weights(self, directory, max_shard_size=max_shard_size, dtype=dtype)
         if self.processor is not None:
             self.processor.save_pretrained(directory)
+        return files
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str | Path) -> MiniVLM:
-        """Rebuilds a model saved by `save_pretrained` from a local directory or a Hub repo id.
+    def from_pretrained(
+        cls,
+        path_or_id: str | Path,
+        revision: str | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> MiniVLM:
+        """Rebuilds a model saved by `save_pretrained` from a local directory or a Hub repo id
+        (`revision`: a branch, tag or commit of that repo; files come through the Hub cache).
 
-        Parts are built from their recorded constructor arguments (no downloads, since those
-        hold configs, not Hub ids), then every weight is loaded strictly with safetensors.
+        Parts are built from their recorded constructor arguments with meta parameters (no
+        memory, no random initialisation, no downloads), then each weight is read once with
+        safetensors, in `dtype` (None keeps the stored one) onto `device` (default CPU).
+        Nothing else in the directory is read: no code, no pickle, no recipe.
         """
-        directory = pretrained.resolve_directory(path_or_id)
+        directory = pretrained.resolve_directory(path_or_id, revision)
         config = pretrained.read_config(directory)
         bases = {
             "encoder": VisionEncoder, "compressor": Compressor, "projector": Projector,
             "prefusion": PreFusion, "llm": LanguageModel,
         }
-        parts = {name: pretrained.build_part(config[name], bases[name], name) for name in pretrained.PART_NAMES}
         processor = Processor.from_pretrained(directory) if (directory / PROCESSOR_FILE).is_file() else None
-        model = cls(
-            **parts,
-            vision_tokens=config.get("vision_tokens", "prefused"),
-            processor=processor,
-            frames_per_chunk=config.get("frames_per_chunk"),
-        )
-        pretrained.load_weights(model, directory)
-        return model
+        with empty_parameters():
+            parts = {name: pretrained.build_part(config[name], bases[name], name) for name in pretrained.PART_NAMES}
+            model = cls(
+                **parts,
+                vision_tokens=config.get("vision_tokens", "prefused"),
+                processor=processor,
+                frames_per_chunk=config.get("frames_per_chunk"),
+            )
+        load_weights(model, directory, dtype=dtype, device=device)
+        return model.eval()
 
     @property
     def tokens_per_image(self) -> int:
@@ -230,37 +246,28 @@ class MiniVLM(nn.Module):
             )
         return MiniVLMOutput(loss=loss, logits=logits, labels=inputs.labels)
 
-    @torch.no_grad()
     def generate(
-        self, batch: Batch, max_new_tokens: int = 32, eos_token_id: int | None = None, pad_token_id: int = 0
+        self,
+        batch: Batch,
+        max_new_tokens: int = 32,
+        eos_token_id: int | None = None,
+        pad_token_id: int = 0,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+        streamer: TokenStreamer | None = None,
     ) -> torch.Tensor:
-        """Greedy decoding with the LLM's KV cache; returns new token ids (B, ≤ max_new_tokens).
+        """New token ids (B, ≤ max_new_tokens) for the prompts of `batch`, with the LLM's KV cache.
 
-        Only the prompt goes through pre-fusion; generated tokens enter the LLM as plain
-        embeddings. After a sample emits `eos_token_id` it is padded with `pad_token_id`.
+        Greedy at `temperature` 0, else sampled (nucleus `top_p`, `generator` for seeding);
+        `streamer.put` gets each step's tokens. Only the prompt goes through pre-fusion;
+        generated tokens enter the LLM as plain embeddings. After a sample emits
+        `eos_token_id` it is padded with `pad_token_id` while the others go on.
+        See `minivlm.model.generation.generate` for the per-step logits.
         """
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        inputs = self.assemble(batch)
-        embeds, mask, positions = to_left_padding(inputs.embeds, inputs.attention_mask)
-        logits, cache = self.llm(embeds, attention_mask=mask, position_ids=positions, use_cache=True)
-        next_positions = positions[:, -1:] + 1
-        finished = torch.zeros(embeds.shape[0], dtype=torch.bool, device=embeds.device)
-        generated = []
-        for _ in range(max_new_tokens):
-            token = logits[:, -1].argmax(dim=-1)
-            token = token.masked_fill(finished, pad_token_id)
-            generated.append(token)
-            if eos_token_id is not None:
-                finished |= token == eos_token_id
-                if bool(finished.all()):
-                    break
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-            logits, cache = self.llm(
-                self.llm.embed(token[:, None]), attention_mask=mask, position_ids=next_positions, cache=cache, use_cache=True
-            )
-            next_positions = next_positions + 1
-        return torch.stack(generated, dim=1)
+        return generation.generate(
+            self, batch, max_new_tokens, eos_token_id, pad_token_id, temperature, top_p, generator, streamer
+        ).tokens
 
 
 @dataclass(frozen=True)
