@@ -69,6 +69,7 @@ class MiniVLMModule(L.LightningModule):
         init_from: InitFrom | None = None,
         frozen_dtype: FrozenDtype | None = None,
         tokenizer: str = "shapes",
+        pad_token: str | None = None,
         template: str = "shapes",
         max_length: int | None = None,
         hd_grid: int = 1,
@@ -93,6 +94,7 @@ class MiniVLMModule(L.LightningModule):
                 "init_from": None if init_from is None else asdict(init_from),
                 "frozen_dtype": frozen_dtype,
                 "tokenizer": tokenizer,
+                "pad_token": pad_token,
                 "template": template,
                 "max_length": max_length,
                 "hd_grid": hd_grid,
@@ -106,6 +108,7 @@ class MiniVLMModule(L.LightningModule):
         self.init_from = init_from
         self.frozen_dtype = frozen_dtype
         self.tokenizer_name = tokenizer
+        self.pad_token = pad_token
         self.template_name = template
         self.max_length = max_length
         self.hd_grid = hd_grid
@@ -129,6 +132,10 @@ class MiniVLMModule(L.LightningModule):
         """The Processor for this model, built (tokenizer loaded) on first use."""
         if self._processor is None:
             tokenizer = load_tokenizer(self.tokenizer_name)
+            if self.pad_token is not None:
+                if self.pad_token not in tokenizer.get_vocab():
+                    raise ValueError(f"pad_token {self.pad_token!r} is not in the vocabulary of {self.tokenizer_name}")
+                tokenizer.pad_token = self.pad_token
             if len(tokenizer) > self.model.llm.vocab_size:
                 raise ValueError(
                     f"tokenizer {self.tokenizer_name!r} has {len(tokenizer)} tokens but the LLM's vocabulary "
