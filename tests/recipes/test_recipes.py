@@ -67,6 +67,11 @@ def test_paper_recipes_have_the_paper_shapes(built, name):
         assert stage["llm"]["lr"] == (2.0e-4 if "lora" in name else 1.0e-4)
         assert {stage[p]["lr"] for p in ("compressor", "projector", "prefusion")} == {1.0e-5}
     assert info["no_grad_parts"][0] == "encoder"
+    # The full 7-8 B LLM fine-tunes shard over the GPUs, block by block; the rest fit DDP.
+    if "llm" in info["trained"] and config["stage"]["llm"]["mode"] == "full":
+        assert info["strategy"] == "FSDPStrategy" and info["wraps"] == ["CLIPEncoderLayer", "LlamaDecoderLayer"]
+    else:
+        assert info["strategy"] == "ddp"
 
 
 @pytest.mark.parametrize("name", NAMES)
