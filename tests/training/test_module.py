@@ -217,3 +217,10 @@ def test_lora_on_prefusion_leaves_its_base_weights_alone():
     assert {k for k in changed if k.startswith("prefusion.")} == {
         f"prefusion.layers.0.self_attn.q_proj.lora_{ab}.default.weight" for ab in "AB"}
     assert changed_parts(before, after) == {"projector", "prefusion"}
+
+
+def test_pad_token_is_set_on_the_tokenizer_or_refused_when_unknown():
+    module = build(STAGE1, pad_token="<|end|>")
+    assert module.processor.tokenizer.pad_token == "<|end|>"
+    with pytest.raises(ValueError, match="pad_token '<PAD>' is not in the vocabulary of shapes"):
+        build(STAGE1, pad_token="<PAD>").processor
