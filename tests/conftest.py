@@ -42,7 +42,7 @@ def tiny_llm_config(**overrides) -> dict:
 def tiny_vlm(prefusion=None, compressor=None, seed: int = 0, **kwargs) -> MiniVLM:
     torch.manual_seed(seed)
     return MiniVLM(
-        encoder=tiny_encoder(trainable=True),
+        encoder=tiny_encoder(),
         compressor=compressor or QueryCompressor(dim=VISION, size=1, num_heads=4),
         projector=MLPProjector(VISION, WIDTH),
         prefusion=prefusion or DecoderPreFusion(num_layers=1),

@@ -18,6 +18,7 @@ from minivlm.fusion import DecoderPreFusion
 from minivlm.llms import HFLanguageModel
 from minivlm.projectors import MLPProjector
 from minivlm.training.module import MiniVLMModule
+from minivlm.training.stages import PARTS, PartStage, Stage
 from minivlm.specs import ImageSpec
 from minivlm.processing import Processor
 from minivlm.processing.templates import get_template
@@ -85,9 +86,10 @@ def make_llava(root: Path, count: int, videos: int = 0, text_only: int = 0, pref
 
 def tiny_module() -> MiniVLMModule:
     return MiniVLMModule(
-        encoder=tiny_encoder(trainable=True), compressor=QueryCompressor(dim=VISION, size=1, num_heads=4),
+        encoder=tiny_encoder(), compressor=QueryCompressor(dim=VISION, size=1, num_heads=4),
         projector=MLPProjector(VISION, WIDTH), prefusion=DecoderPreFusion(num_layers=1),
         llm=HFLanguageModel(config=tiny_llm_config()), max_length=40,
+        stage=Stage(**{part: PartStage("full", 1e-3) for part in PARTS}),
     )
 
 

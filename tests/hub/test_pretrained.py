@@ -118,11 +118,11 @@ def test_bf16_weights_load_as_bf16_and_match_a_cast_model(tmp_path):
 def test_save_and_load_keep_every_non_default_option(tmp_path):
     torch.manual_seed(0)
     model = MiniVLM(
-        tiny_encoder(select_layer=-1, drop_cls=False, trainable=True),
+        tiny_encoder(select_layer=-1, drop_cls=False),
         QueryCompressor(dim=WIDTH, size=2, semantics="paper", num_heads=2, key_pe="resized"),
         MLPProjector(VISION, WIDTH, depth=3),
         DecoderPreFusion(num_layers=2, init="copy", detach_text=False),
-        HFLanguageModel(config=tiny_llm_config(rms_norm_eps=1e-3), attn_implementation="eager", trainable=False),
+        HFLanguageModel(config=tiny_llm_config(rms_norm_eps=1e-3), attn_implementation="eager"),
         vision_tokens="compressed",
         frames_per_chunk=3,
     )

@@ -80,7 +80,6 @@ def test_every_part_gets_a_gradient(vlm):
 
 def test_frozen_encoder_runs_without_grad():
     model = tiny_vlm()
-    model.encoder.trainable = False
     model.encoder.requires_grad_(False)
     feats = model.encoder(torch.randn(2, 3, 32, 32))
     assert not feats.requires_grad

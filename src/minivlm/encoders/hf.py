@@ -18,6 +18,16 @@ from transformers import (
 )
 
 from minivlm.encoders.base import ImageSpec, VisionEncoder
+from minivlm.weights import checkpoint_files, has_meta_parameters, load_state, parameters_on_meta, read_tensors
+from minivlm.weights import resolve_checkpoint_dir
+
+# Where a full model's checkpoint keeps the vision tower.
+_VISION_PREFIX = "vision_model."
+_LAYER_PREFIX = "encoder.layers."
+# Parts of the tower this encoder removes (it stops at `select_layer`, before these).
+_DROPPED_PREFIXES = ("post_layernorm.", "head.")
+# Older transformers saved the position-id range as a buffer; it is computed now, never loaded.
+_LEGACY_POSITION_IDS = "embeddings.position_ids"
 
 
 @dataclass(frozen=True)
@@ -76,10 +86,13 @@ def _square(value: int | list[int] | tuple[int, ...], name: str) -> int:
 class HFVisionEncoder(VisionEncoder):
     """A CLIP or SigLIP vision tower from transformers, cut at the feature layer.
 
-    Give exactly one of ``config`` (a transformers vision config as a dict, with
-    ``model_type`` "clip_vision_model" or "siglip_vision_model"; random weights) or
-    ``pretrained`` (a Hub id or local directory of a vision model or of a full CLIP /
-    SigLIP model, whose vision part is taken).
+    ``config`` is the architecture (a transformers vision config as a dict, with
+    ``model_type`` "clip_vision_model" or "siglip_vision_model"); ``pretrained`` (a Hub id
+    or local directory of a vision model or of a full CLIP / SigLIP model, whose vision
+    part is taken) is where the weights come from. With ``config`` alone the weights are
+    random. With ``pretrained`` the tower is built on the meta device and
+    ``load_pretrained_weights(dtype)`` fills it once (``MiniVLMModule.configure_model``
+    does this); give ``config`` too and building reads nothing from ``pretrained``.
 
     Features are ``hidden_states[select_layer]`` in the transformers convention
     (``hidden_states[0]`` is the embedding output, after CLIP's pre-LayerNorm; -1 is the
@@ -97,14 +110,11 @@ class HFVisionEncoder(VisionEncoder):
         pretrained: str | None = None,
         select_layer: int = -2,
         drop_cls: bool | None = None,
-        trainable: bool = False,
     ) -> None:
-        super().__init__(trainable=trainable)
-        if (config is None) == (pretrained is None):
-            got = "both" if config is not None else "neither"
+        super().__init__()
+        if config is None and pretrained is None:
             raise ValueError(
-                "HFVisionEncoder needs exactly one of `config` (a vision config dict) or "
-                f"`pretrained` (a Hub id or local path), got {got}"
+                "HFVisionEncoder needs `config` (a vision config dict), `pretrained` (a Hub id or local path), or both"
             )
         if config is not None:
             family = _family(config.get("model_type"), _CONFIG_FAMILIES, "config")
@@ -129,26 +139,20 @@ class HFVisionEncoder(VisionEncoder):
         keep = select_layer % (num_layers + 1)
 
         build_config = copy.deepcopy(hf_config)
-        if config is not None:
-            build_config.num_hidden_layers = keep
-            if family is _SIGLIP:
-                build_config.vision_use_head = False
+        build_config.num_hidden_layers = keep
+        if family is _SIGLIP:
+            build_config.vision_use_head = False
+        if pretrained is None:
             model = family.model_cls._from_config(build_config, attn_implementation="sdpa")
         else:
-            # Load in the default dtype, as a model built from `config` is, whatever the checkpoint stores.
-            model = family.model_cls.from_pretrained(
-                pretrained, config=build_config, attn_implementation="sdpa", dtype=torch.get_default_dtype()
-            )
-            model.encoder.layers = model.encoder.layers[:keep]
-            model.config.num_hidden_layers = keep
-            if family is _SIGLIP and model.use_head:
-                del model.head
-                model.use_head = model.config.vision_use_head = False
+            with parameters_on_meta():
+                model = family.model_cls._from_config(build_config, attn_implementation="sdpa")
         # Never applied; removing it keeps unused parameters out of optimizers and DDP.
         model.post_layernorm = nn.Identity()
 
         self.vision_model = model
         self.hf_config = hf_config
+        self.pretrained = pretrained
         self.select_layer = select_layer
         self.drop_cls = drop_cls
         self._pre_norm = family.pre_norm
@@ -157,7 +161,37 @@ class HFVisionEncoder(VisionEncoder):
         side = image_size // _square(hf_config.patch_size, "patch_size")
         self.grid = (side, side)
         self.image_spec = ImageSpec(size=image_size, mean=family.mean, std=family.std)
-        self.freeze_if_needed()
+
+    @property
+    def weights_pending(self) -> bool:
+        """True while the `pretrained` weights have not been loaded (parameters still on meta)."""
+        return self.pretrained is not None and has_meta_parameters(self)
+
+    def load_pretrained_weights(self, dtype: torch.dtype | None = None) -> None:
+        """Reads the vision tower's weights from `pretrained` once, strictly, straight into `dtype`.
+
+        A full CLIP / SigLIP checkpoint's text tower, the layers after `select_layer`, the
+        post-LayerNorm and SigLIP's head are not read: this model does not have them.
+        """
+        if self.pretrained is None:
+            raise ValueError("HFVisionEncoder was built from a config only: it has no `pretrained` weights to load")
+        keep = len(self.vision_model.encoder.layers)
+        files = checkpoint_files(resolve_checkpoint_dir(self.pretrained))
+        tensors = read_tensors(files, keep=lambda key: not key.endswith(_LEGACY_POSITION_IDS))
+        # A full CLIP/SigLIP model (and a vision model saved by transformers 4) nests the tower
+        # under `vision_model.`; a vision model saved by transformers 5 does not.
+        if any(key.startswith(_VISION_PREFIX) for key in tensors):
+            tensors = {k[len(_VISION_PREFIX) :]: v for k, v in tensors.items() if k.startswith(_VISION_PREFIX)}
+
+        def kept(key: str) -> bool:
+            if key.startswith(_DROPPED_PREFIXES):
+                return False
+            if key.startswith(_LAYER_PREFIX):
+                return int(key[len(_LAYER_PREFIX) :].split(".")[0]) < keep
+            return True
+
+        state = {key: value for key, value in tensors.items() if kept(key)}
+        load_state(self.vision_model, state, dtype, f"checkpoint {self.pretrained}")
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         hidden = self.vision_model.embeddings(pixels)
@@ -176,5 +210,4 @@ class HFVisionEncoder(VisionEncoder):
             "config": self.hf_config.to_dict(),
             "select_layer": self.select_layer,
             "drop_cls": self.drop_cls,
-            "trainable": self.trainable,
         }

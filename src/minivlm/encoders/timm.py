@@ -38,9 +38,8 @@ class TimmVisionEncoder(VisionEncoder):
         checkpoint_path: str | None = None,
         model_kwargs: dict | None = None,
         select_layer: int = -1,
-        trainable: bool = False,
     ) -> None:
-        super().__init__(trainable=trainable)
+        super().__init__()
         try:
             import timm
             from timm.data import resolve_model_data_config
@@ -89,7 +88,6 @@ class TimmVisionEncoder(VisionEncoder):
         self.image_spec = ImageSpec(
             size=int(img_size[0]), mean=tuple(data_config["mean"]), std=tuple(data_config["std"])
         )
-        self.freeze_if_needed()
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         # After pruning, the last remaining block is the selected one; prefix tokens are split off.
@@ -105,5 +103,4 @@ class TimmVisionEncoder(VisionEncoder):
             "model_name": self.model_name,
             "model_kwargs": self.model_kwargs,
             "select_layer": self.select_layer,
-            "trainable": self.trainable,
         }

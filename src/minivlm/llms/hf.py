@@ -9,11 +9,22 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from minivlm.llms.base import LanguageModel
+from minivlm.weights import checkpoint_files, has_meta_parameters, load_state, parameters_on_meta, read_tensors
+from minivlm.weights import resolve_checkpoint_dir
+
+# Transformers < 4.36 stored each layer's RoPE table in the checkpoint; it is computed now, never loaded.
+_LEGACY_ROPE_BUFFER = ".rotary_emb.inv_freq"
 
 
 class HFLanguageModel(LanguageModel):
-    """Wraps `AutoModelForCausalLM`, built from a config dict (random init) or loaded from
-    `pretrained` (a Hub id or a local directory). Exactly one of the two is given.
+    """Wraps `AutoModelForCausalLM` with the architecture from `config` (a dict with a
+    `model_type`) and, with `pretrained` (a Hub id or a local directory), the weights from there.
+
+    `config` alone: random initialisation. `pretrained`: the model is built on the meta
+    device (no memory, no initialiser) and `load_pretrained_weights(dtype)` fills it once
+    from the checkpoint; `MiniVLMModule.configure_model` does this. Give `config` too and
+    building never reads anything from `pretrained` (so recipes build offline); without it,
+    the config is read from `pretrained` at construction.
 
     The decoder stack must follow the common transformers layout (`model.layers`,
     `model.rotary_emb`), which covers the Llama family and its many descendants.
@@ -24,19 +35,22 @@ class HFLanguageModel(LanguageModel):
         config: dict[str, Any] | None = None,
         pretrained: str | None = None,
         attn_implementation: str = "sdpa",
-        trainable: bool = True,
     ) -> None:
         super().__init__()
-        if (config is None) == (pretrained is None):
-            raise ValueError("HFLanguageModel needs exactly one of `config` (a dict) or `pretrained` (a Hub id or path)")
+        if config is None and pretrained is None:
+            raise ValueError("HFLanguageModel needs `config` (a dict), `pretrained` (a Hub id or path), or both")
         if config is not None:
             config = dict(config)
             if "model_type" not in config:
                 raise ValueError("HFLanguageModel config needs a `model_type`, e.g. 'llama'")
             hf_config = AutoConfig.for_model(config.pop("model_type"), **config)
+        else:
+            hf_config = AutoConfig.from_pretrained(pretrained)
+        if pretrained is None:
             self.model = AutoModelForCausalLM.from_config(hf_config, attn_implementation=attn_implementation)
         else:
-            self.model = AutoModelForCausalLM.from_pretrained(pretrained, attn_implementation=attn_implementation)
+            with parameters_on_meta():
+                self.model = AutoModelForCausalLM.from_config(hf_config, attn_implementation=attn_implementation)
         backbone = getattr(self.model, "model", None)
         if backbone is None or not hasattr(backbone, "layers") or not hasattr(backbone, "rotary_emb"):
             raise ValueError(
@@ -44,17 +58,29 @@ class HFLanguageModel(LanguageModel):
                 "HFLanguageModel supports"
             )
         self.attn_implementation = attn_implementation
+        self.pretrained = pretrained
         self.hidden_size = self.model.config.hidden_size
         self.vocab_size = self.model.config.vocab_size
-        self.trainable = trainable
-        self.requires_grad_(trainable)
+
+    @property
+    def weights_pending(self) -> bool:
+        """True while the `pretrained` weights have not been loaded (parameters still on meta)."""
+        return self.pretrained is not None and has_meta_parameters(self)
+
+    def load_pretrained_weights(self, dtype: torch.dtype | None = None) -> None:
+        """Reads the `pretrained` checkpoint once, strictly, straight into `dtype` (None: as stored)."""
+        if self.pretrained is None:
+            raise ValueError("HFLanguageModel was built from a config only: it has no `pretrained` weights to load")
+        files = checkpoint_files(resolve_checkpoint_dir(self.pretrained))
+        state = read_tensors(files, keep=lambda key: not key.endswith(_LEGACY_ROPE_BUFFER))
+        load_state(self.model, state, dtype, f"checkpoint {self.pretrained}")
 
     def init_args_for_export(self) -> dict[str, Any]:
         """Constructor arguments that rebuild this architecture offline (weights are saved apart)."""
         config = self.model.config.to_diff_dict()
         config.pop("transformers_version", None)
         config["model_type"] = self.model.config.model_type
-        return {"config": config, "attn_implementation": self.attn_implementation, "trainable": self.trainable}
+        return {"config": config, "attn_implementation": self.attn_implementation}
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(input_ids)
@@ -83,6 +109,11 @@ class HFLanguageModel(LanguageModel):
         use_cache: bool = False,
         logits_to_keep: int = 0,
     ) -> tuple[torch.Tensor, Any]:
+        if inputs_embeds.device.type != "meta" and self.weights_pending:
+            raise RuntimeError(
+                f"the weights of {self.pretrained} are not loaded yet: call load_pretrained_weights() "
+                "(MiniVLMModule does it in configure_model)"
+            )
         out = self.model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,

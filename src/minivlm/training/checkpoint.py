@@ -76,10 +76,11 @@ def load_trained_model(checkpoint: str | Path, recipe: str | Path | None = None)
         module.model.load_state_dict(weights, strict=True, assign=True)
     except RuntimeError as error:
         raise ValueError(f"{checkpoint} does not match the model of {recipe_path}: {error}") from error
+    module.processor  # built on first use; it also becomes module.model.processor
     return TrainedModel(
         model=module.model.eval(),
         recipe=recipe_text,
-        trained_parts=list(module.train_parts),
+        trained_parts=list(module.stage.trained),
         global_step=int(state.get("global_step", 0)),
         epoch=int(state.get("epoch", 0)),
     )

@@ -2,28 +2,34 @@
 
 from __future__ import annotations
 
-import math
-from typing import Literal
+from dataclasses import asdict
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from minivlm.compressors.base import Compressor
 from minivlm.data.synthetic import build_shapes_tokenizer
-from minivlm.processing.templates import get_template
 from minivlm.encoders.base import VisionEncoder
 from minivlm.eval.metrics import ExactMatch
 from minivlm.fusion.base import PreFusion
+from minivlm.fusion.decoder import DecoderPreFusion
 from minivlm.llms.base import LanguageModel
+from minivlm.model.vlm import MiniVLM
 from minivlm.processing.batch import Batch
 from minivlm.processing.processor import Processor
-from minivlm.model.vlm import MiniVLM
+from minivlm.processing.templates import get_template
 from minivlm.projectors.base import Projector
-
-Part = Literal["encoder", "compressor", "projector", "prefusion", "llm"]
-PARTS: tuple[Part, ...] = ("encoder", "compressor", "projector", "prefusion", "llm")
+from minivlm.training.init_from import InitFrom, read_parts
+from minivlm.training.lora import LoraSettings, add_lora
+from minivlm.training.optim import build_optimizer
+from minivlm.training.precision import FrozenDtype, part_dtype
+from minivlm.training.stages import PARTS, Part, Stage, parts_without_grad, run_without_grad
+from minivlm.training.table import parts_table
+from minivlm.weights import has_meta_parameters, load_state
 
 # Tokenizers that ship with minivlm, by exact name; anything else is a Hub id or a local path.
 BUILTIN_TOKENIZERS = {"shapes": build_shapes_tokenizer}
@@ -39,11 +45,16 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
 class MiniVLMModule(L.LightningModule):
     """Trains a MiniVLM built from five parts named by `class_path` in the recipe.
 
-    `train` lists the parts that learn; the others are frozen (and the encoder then runs
-    under no_grad). `hd_grid` n > 1 makes every image n×n crops + the whole image
-    (LLaVA-Mini-HD); `frames_per_chunk` bounds how many images or frames are encoded and
-    pre-fused at once. What trains is logged at the start of fitting. AdamW with linear warmup
-    over `warmup_ratio` of the steps, then cosine decay to zero.
+    `stage` says how each part trains (frozen / full / lora) and at which learning rate;
+    it is the only source of freezing. `lora` configures the adapters of parts in lora
+    mode; `init_from` starts parts from an earlier run; `frozen_dtype` holds frozen parts
+    in a narrower dtype under mixed precision. `tokenizer` (with `pad_token` for tokenizers
+    that have none, like Vicuna's), `template`, `max_length` and `hd_grid` describe the Processor, which is built on first use (`processor`), never
+    here. Every other keyword (`vision_tokens`, `frames_per_chunk`, ...) is a MiniVLM
+    constructor argument and goes straight to it, so a new model option needs no edit here.
+
+    Parts with `pretrained:` weights are materialised in `configure_model`, once, in the
+    dtype the precision policy gives them (`minivlm.training.precision`).
     """
 
     def __init__(
@@ -53,55 +64,156 @@ class MiniVLMModule(L.LightningModule):
         projector: Projector,
         prefusion: PreFusion,
         llm: LanguageModel,
+        stage: Stage,
+        lora: LoraSettings | None = None,
+        init_from: InitFrom | None = None,
+        frozen_dtype: FrozenDtype | None = None,
         tokenizer: str = "shapes",
+        pad_token: str | None = None,
         template: str = "shapes",
-        train: list[Part] | None = None,
-        vision_tokens: Literal["prefused", "compressed"] = "prefused",
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        warmup_ratio: float = 0.03,
         max_length: int | None = None,
-        max_new_tokens: int = 16,
         hd_grid: int = 1,
-        frames_per_chunk: int | None = None,
+        max_new_tokens: int = 16,
+        **model_options: Any,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["encoder", "compressor", "projector", "prefusion", "llm"])
-        self.model = MiniVLM(
-            encoder, compressor, projector, prefusion, llm, vision_tokens=vision_tokens, frames_per_chunk=frames_per_chunk
-        )
-        loaded = load_tokenizer(tokenizer)
-        if len(loaded) > llm.vocab_size:
-            raise ValueError(
-                f"tokenizer {tokenizer!r} has {len(loaded)} tokens but the LLM's vocabulary holds {llm.vocab_size}"
+        lora_parts = [part for part in PARTS if stage.of(part).mode == "lora"]
+        if lora_parts and lora is None:
+            raise ValueError(f"stage trains {', '.join(lora_parts)} with LoRA but the recipe has no `lora:` settings")
+        if model_options.get("processor") is not None:
+            raise ValueError("the processor is built from tokenizer/template/max_length/hd_grid, not passed in")
+        if isinstance(prefusion, DecoderPreFusion) and prefusion.init == "copy" and _weights_pending(llm):
+            raise NotImplementedError(
+                "DecoderPreFusion(init='copy') with a `pretrained:` LLM is not supported yet: the LLM's weights "
+                "are loaded in configure_model, after pre-fusion is built; use init: random (the release's choice)"
             )
-        tokens_per_image = self.model.tokens_per_image if hd_grid == 1 else self.model.tokens_per_hd_image(hd_grid)
-        self.processor = Processor(
-            loaded, get_template(template), encoder.image_spec, tokens_per_image, max_length, hd_grid=hd_grid,
-            tokens_per_frame=self.model.tokens_per_image,
+        self.save_hyperparameters(
+            {
+                "stage": asdict(stage),
+                "lora": None if lora is None else asdict(lora),
+                "init_from": None if init_from is None else asdict(init_from),
+                "frozen_dtype": frozen_dtype,
+                "tokenizer": tokenizer,
+                "pad_token": pad_token,
+                "template": template,
+                "max_length": max_length,
+                "hd_grid": hd_grid,
+                "max_new_tokens": max_new_tokens,
+                **model_options,
+            }
         )
-        self.model.processor = self.processor
-        self.train_parts = list(PARTS[1:] if train is None else train)
-        unknown = set(self.train_parts) - set(PARTS)
-        if unknown:
-            raise ValueError(f"unknown parts in `train`: {sorted(unknown)}; parts are {', '.join(PARTS)}")
-        for part in PARTS:
-            getattr(self.model, part).requires_grad_(part in self.train_parts)
-        self.model.encoder.trainable = "encoder" in self.train_parts
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.warmup_ratio = warmup_ratio
+        self.model = MiniVLM(encoder, compressor, projector, prefusion, llm, **model_options)
+        self.stage = stage
+        self.lora = lora
+        self.init_from = init_from
+        self.frozen_dtype = frozen_dtype
+        self.tokenizer_name = tokenizer
+        self.pad_token = pad_token
+        self.template_name = template
+        self.max_length = max_length
+        self.hd_grid = hd_grid
         self.max_new_tokens = max_new_tokens
+        self._processor: Processor | None = None
+        self._adapters: dict[Part, list[nn.Parameter]] = {}
+        self._configured = False
+        for part in PARTS:
+            self.part(part).requires_grad_(stage.of(part).mode == "full")
+        self.no_grad_parts = parts_without_grad(stage, compressor.placement)
+        for part in self.no_grad_parts:
+            run_without_grad(self.part(part))
         self.val_exact_match = ExactMatch()
         self.test_exact_match = ExactMatch()
 
-    def on_fit_start(self) -> None:
-        lines = []
+    def part(self, name: Part) -> nn.Module:
+        return getattr(self.model, name)
+
+    @property
+    def processor(self) -> Processor:
+        """The Processor for this model, built (tokenizer loaded) on first use."""
+        if self._processor is None:
+            tokenizer = load_tokenizer(self.tokenizer_name)
+            if self.pad_token is not None:
+                if self.pad_token not in tokenizer.get_vocab():
+                    raise ValueError(f"pad_token {self.pad_token!r} is not in the vocabulary of {self.tokenizer_name}")
+                tokenizer.pad_token = self.pad_token
+            if len(tokenizer) > self.model.llm.vocab_size:
+                raise ValueError(
+                    f"tokenizer {self.tokenizer_name!r} has {len(tokenizer)} tokens but the LLM's vocabulary "
+                    f"holds {self.model.llm.vocab_size}"
+                )
+            tokens = self.model.tokens_per_image if self.hd_grid == 1 else self.model.tokens_per_hd_image(self.hd_grid)
+            self._processor = Processor(
+                tokenizer, get_template(self.template_name, tokenizer=tokenizer), self.model.encoder.image_spec, tokens,
+                self.max_length, hd_grid=self.hd_grid, tokens_per_frame=self.model.tokens_per_image,
+            )
+            self.model.processor = self._processor
+        return self._processor
+
+    def train(self, mode: bool = True) -> MiniVLMModule:
+        """Frozen parts stay in eval mode (no dropout, fixed norms) whatever the module's mode."""
+        super().train(mode)
         for part in PARTS:
-            count = sum(p.numel() for p in getattr(self.model, part).parameters())
-            state = "trained" if part in self.train_parts else "frozen"
-            lines.append(f"  {part:<10} {type(getattr(self.model, part)).__name__:<22} {count:>12,} params  {state}")
-        rank_zero_info("minivlm parts:\n" + "\n".join(lines))
+            if self.stage.of(part).mode == "frozen":
+                self.part(part).eval()
+        return self
+
+    @property
+    def precision(self) -> str:
+        """The trainer's precision; 32-true outside a Trainer."""
+        return self._trainer.precision if self._trainer is not None else "32-true"
+
+    def part_dtypes(self) -> dict[Part, torch.dtype]:
+        """Each part's parameter dtype under the precision policy (LoRA parts: their frozen base)."""
+        return {
+            part: part_dtype(self.precision, self.stage.of(part).mode == "full", self.frozen_dtype) for part in PARTS
+        }
+
+    def configure_model(self) -> None:
+        """Fills every part once, in its dtype: from `init_from`, else from its `pretrained`
+        checkpoint, else as built (cast); then adds LoRA adapters. Runs once per module."""
+        if self._configured:
+            return
+        dtypes = self.part_dtypes()
+        taken = read_parts(self.init_from) if self.init_from is not None else {}
+        sources = {}
+        for part in PARTS:
+            module = self.part(part)
+            if part in taken:
+                load_state(module, taken[part], dtypes[part], f"init_from {self.init_from.path} ({part})")
+                sources[part] = f"init_from {self.init_from.path}"
+            elif _weights_pending(module):
+                module.load_pretrained_weights(dtypes[part])
+                sources[part] = f"pretrained {module.pretrained}"
+            else:
+                _cast_parameters(module, dtypes[part])
+                sources[part] = "as built"
+        for part in PARTS:
+            if self.stage.of(part).mode == "lora":
+                adapters = add_lora(self.part(part), self.lora, part)
+                adapter_dtype = part_dtype(self.precision, True, self.frozen_dtype)  # adapters train
+                for param in adapters:
+                    param.data = param.data.to(adapter_dtype)
+                    param.requires_grad_(True)
+                self._adapters[part] = adapters
+                sources[part] += f" + LoRA rank {self.lora.rank}"
+        self._configured = True
+        rank_zero_info("minivlm weights:\n" + "\n".join(f"  {part:<10} {sources[part]}" for part in PARTS))
+
+    def trainable_parameters(self, require_adapters: bool = True) -> dict[Part, list[nn.Parameter]]:
+        """What the optimizer updates, per trained part: all its parameters, or its LoRA adapters
+        (none yet before `configure_model`, which is an error unless `require_adapters` is False)."""
+        result: dict[Part, list[nn.Parameter]] = {}
+        for part in self.stage.trained:
+            if self.stage.of(part).mode == "lora":
+                if part not in self._adapters and require_adapters:
+                    raise RuntimeError(f"{part} trains with LoRA but configure_model() has not added the adapters")
+                result[part] = self._adapters.get(part, [])
+            else:
+                result[part] = list(self.part(part).parameters())
+        return result
+
+    def on_fit_start(self) -> None:
+        rank_zero_info("minivlm parts:\n" + parts_table(self))
 
     def forward(self, batch: Batch):
         return self.model(batch)
@@ -141,18 +253,20 @@ class MiniVLMModule(L.LightningModule):
             )
 
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError("nothing to train: `train` selects no part with parameters")
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(self.warmup_ratio * total)
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = (step - warmup) / max(1, total - warmup)
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        optimizer, scheduler = build_optimizer(
+            self.trainable_parameters(), self.stage, int(self.trainer.estimated_stepping_batches)
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _weights_pending(module: nn.Module) -> bool:
+    return bool(getattr(module, "weights_pending", False))
+
+
+def _cast_parameters(module: nn.Module, dtype: torch.dtype) -> None:
+    """Casts floating parameters only: buffers such as RoPE tables keep their precision."""
+    if has_meta_parameters(module):
+        return
+    for param in module.parameters():
+        if param.is_floating_point() and param.dtype != dtype:
+            param.data = param.data.to(dtype)
