@@ -39,6 +39,16 @@ class LanguageModel(nn.Module):
     def rotary_embedding(self) -> nn.Module:
         raise NotImplementedError
 
+    @property
+    def output_head(self) -> nn.Module:
+        """The layer that maps final hidden states (…, D) to logits (…, V)."""
+        raise NotImplementedError
+
+    def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states (B, T, D), before the output head: the loss applies the head
+        to label positions only (`minivlm.model.loss`)."""
+        raise NotImplementedError
+
     def forward(
         self,
         inputs_embeds: torch.Tensor,

@@ -100,6 +100,21 @@ class HFLanguageModel(LanguageModel):
     def shard_units(self) -> list[nn.Module]:
         return list(self.decoder_layers)
 
+    @property
+    def output_head(self) -> nn.Module:
+        return self.model.get_output_embeddings()
+
+    def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        self._check_loaded(inputs_embeds)
+        return self.model.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
+
+    def _check_loaded(self, inputs_embeds: torch.Tensor) -> None:
+        if inputs_embeds.device.type != "meta" and self.weights_pending:
+            raise RuntimeError(
+                f"the weights of {self.pretrained} are not loaded yet: call load_pretrained_weights() "
+                "(MiniVLMModule does it in configure_model)"
+            )
+
     def forward(
         self,
         inputs_embeds: torch.Tensor,
@@ -108,11 +123,7 @@ class HFLanguageModel(LanguageModel):
         cache: Any = None,
         use_cache: bool = False,
     ) -> tuple[torch.Tensor, Any]:
-        if inputs_embeds.device.type != "meta" and self.weights_pending:
-            raise RuntimeError(
-                f"the weights of {self.pretrained} are not loaded yet: call load_pretrained_weights() "
-                "(MiniVLMModule does it in configure_model)"
-            )
+        self._check_loaded(inputs_embeds)
         out = self.model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
