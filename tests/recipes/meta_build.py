@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 import yaml
+from jsonargparse import ArgumentParser
+from lightning.pytorch.strategies import Strategy
 
 from minivlm.cli import MiniVLMCLI
 from minivlm.training.module import MiniVLMModule
@@ -35,8 +37,20 @@ def importable(class_path: str) -> bool:
         return False
 
 
+def strategy_as_written(strategy: str | dict) -> dict:
+    """The recipe's strategy, instantiated as written (the trainer here gets a CPU one instead)."""
+    if isinstance(strategy, str):
+        return {"strategy": strategy}
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(Strategy, "strategy")
+    built = parser.instantiate(parser.parse_object({"strategy": strategy})).strategy
+    wrapped = getattr(built.kwargs.get("auto_wrap_policy"), "_module_classes", ())
+    return {"strategy": type(built).__name__, "wraps": sorted(cls.__name__ for cls in wrapped)}
+
+
 def build(recipe: Path, workdir: Path) -> dict:
     config = yaml.safe_load(recipe.read_text())
+    strategy = strategy_as_written(config["trainer"].get("strategy", "auto"))
     data_found = importable(config["data"]["class_path"])
     if not data_found:
         config["data"] = STAND_IN_DATA
@@ -57,6 +71,7 @@ def build(recipe: Path, workdir: Path) -> dict:
         "trained": module.stage.trained,
         "no_grad_parts": module.no_grad_parts,
         "tokens_per_image": module.model.tokens_per_image,
+        **strategy,
     }
 
 

@@ -7,20 +7,42 @@ import torch
 import yaml
 
 from minivlm.cli import MiniVLMCLI, main
-from minivlm.model import MiniVLM
 from minivlm.training.module import MiniVLMModule
 
 ROOT = Path(__file__).resolve().parents[2]
-RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
 SHAPES = str(ROOT / "recipes" / "tiny-shapes.yaml")
+SHAPES_LORA = str(ROOT / "recipes" / "tiny-shapes-lora.yaml")
+SHORT = ["--trainer.max_steps=3", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+         "--trainer.limit_val_batches=0", "--data.init_args.batch_size=8", "--trainer.enable_checkpointing=false",
+         "--trainer.callbacks=[]"]
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(ROOT)))
-def test_every_recipe_parses_and_builds_on_the_meta_device(recipe):
-    with torch.device("meta"):
-        cli = MiniVLMCLI(MiniVLMModule, subclass_mode_data=True, args=["--config", str(recipe)], run=False)
-    assert isinstance(cli.model.model, MiniVLM)
-    assert all(p.is_meta for p in cli.model.model.parameters())
+def fit_changes(recipe: str, tmp_path) -> tuple[MiniVLMModule, dict, dict]:
+    """Weights before (built with the recipe's seed) and after 3 steps of `minivlm fit`."""
+    args = ["--config", recipe, *SHORT, f"--trainer.default_root_dir={tmp_path}"]
+    before = MiniVLMCLI(MiniVLMModule, subclass_mode_data=True, args=args, run=False).model
+    before.configure_model()  # LoRA adapters exist from here on
+    cli = MiniVLMCLI(MiniVLMModule, subclass_mode_data=True, args=["fit", *args])
+    assert cli.trainer.global_step == 3
+    return cli.model, before.model.state_dict(), cli.model.model.state_dict()
+
+
+def test_fit_changes_every_part_the_recipe_trains_the_encoder_included(tmp_path):
+    _, before, after = fit_changes(SHAPES, tmp_path)
+    changed = {key.split(".")[0] for key in before if not torch.equal(before[key], after[key])}
+    assert changed == {"encoder", "compressor", "projector", "prefusion", "llm"}
+    # every trained matrix moved, not just some parameter of each part
+    assert all(not torch.equal(before[k], after[k]) for k in before if k.startswith("encoder.") and before[k].ndim == 2)
+
+
+def test_lora_fit_changes_adapters_and_the_full_parts_only(tmp_path):
+    module, before, after = fit_changes(SHAPES_LORA, tmp_path)
+    assert before.keys() == after.keys()
+    changed = {key for key in before if not torch.equal(before[key], after[key])}
+    llm_changed = {key for key in changed if key.startswith("llm.")}
+    adapters = {key for key in before if key.startswith("llm.") and ".lora_" in key}
+    assert llm_changed and llm_changed <= adapters
+    assert {key.split(".")[0] for key in changed} == {"encoder", "compressor", "projector", "prefusion", "llm"}
 
 
 def test_short_fit_logs_exact_match_and_writes_checkpoints(tmp_path):
@@ -74,7 +96,15 @@ def _missing_argument(c):
 
 
 def _unknown_part(c):
-    c["model"]["train"] = ["encoder", "decoder"]
+    c["model"]["stage"]["decoder"] = {"mode": "full", "lr": 1.0}
+
+
+def _typo_in_a_mode(c):
+    c["model"]["stage"]["llm"]["mode"] = "ful"
+
+
+def _trained_part_without_lr(c):
+    c["model"]["stage"]["llm"] = {"mode": "full"}
 
 
 def _bad_value_inside_a_part_config(c):
@@ -87,7 +117,9 @@ def _bad_value_inside_a_part_config(c):
         (_unknown_class, "has no attribute 'NoSuchCompressor'"),
         (_bad_width, "MLPProjector produces width 96 but HFLanguageModel expects width 128"),
         (_missing_argument, "the following arguments are required: dim"),
-        (_unknown_part, "model.train"),
+        (_unknown_part, "does not accept option 'model.stage.decoder.lr'"),
+        (_typo_in_a_mode, "model.stage.llm.mode"),
+        (_trained_part_without_lr, "stage.llm trains (full) and needs a learning rate"),
         (_bad_value_inside_a_part_config, "patch_size"),
     ],
 )
