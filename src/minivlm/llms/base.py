@@ -44,11 +44,6 @@ class LanguageModel(nn.Module):
         """The layer that maps final hidden states (…, D) to logits (…, V)."""
         raise NotImplementedError
 
-    def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Final hidden states (B, T, D), before the output head: the loss applies the head
-        to label positions only (`minivlm.model.loss`)."""
-        raise NotImplementedError
-
     def forward(
         self,
         inputs_embeds: torch.Tensor,
@@ -56,5 +51,9 @@ class LanguageModel(nn.Module):
         position_ids: torch.Tensor | None = None,
         cache: Any = None,
         use_cache: bool = False,
+        hidden_only: bool = False,
     ) -> tuple[torch.Tensor, Any]:
+        """(logits (B, T, V), cache); with `hidden_only`, the final hidden states (B, T, D)
+        before `output_head` instead of logits (the loss applies the head to label positions
+        only: `minivlm.model.loss`)."""
         raise NotImplementedError

@@ -104,10 +104,6 @@ class HFLanguageModel(LanguageModel):
     def output_head(self) -> nn.Module:
         return self.model.get_output_embeddings()
 
-    def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        self._check_loaded(inputs_embeds)
-        return self.model.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
-
     def _check_loaded(self, inputs_embeds: torch.Tensor) -> None:
         if inputs_embeds.device.type != "meta" and self.weights_pending:
             raise RuntimeError(
@@ -122,8 +118,15 @@ class HFLanguageModel(LanguageModel):
         position_ids: torch.Tensor | None = None,
         cache: Any = None,
         use_cache: bool = False,
+        hidden_only: bool = False,
     ) -> tuple[torch.Tensor, Any]:
         self._check_loaded(inputs_embeds)
+        if hidden_only:
+            out = self.model.model(
+                inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                cache=cache, use_cache=use_cache,
+            )
+            return out.last_hidden_state, out.cache
         out = self.model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,

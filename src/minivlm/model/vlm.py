@@ -220,7 +220,7 @@ class MiniVLM(nn.Module):
         """Loss over the label tokens (computed on label positions only, in chunks: see
         `minivlm.model.loss`) and, unless `return_logits` is False, the full logits."""
         inputs = self.assemble(batch)
-        hidden = self.llm.hidden_states(inputs.embeds, attention_mask=inputs.attention_mask)
+        hidden, _ = self.llm(inputs.embeds, attention_mask=inputs.attention_mask, hidden_only=True)
         loss = loss_sum = label_count = None
         if inputs.labels is not None:
             loss_sum, label_count = next_token_loss(hidden, self.llm.output_head, inputs.labels, self.llm.vocab_size)
