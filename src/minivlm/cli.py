@@ -25,6 +25,8 @@ commands:
   predict    generate answers for the predict set
   convert    turn another project's checkpoint into a minivlm model directory
              (minivlm convert hf-llava SRC DST | minivlm convert llava-mini SRC DST)
+  consolidate  a training checkpoint (file or sharded FSDP2 directory) -> model directory
+             (minivlm consolidate CHECKPOINT OUTPUT [--recipe RUN/config.yaml])
 
 `minivlm <command> --help` lists every option of a command."""
 
@@ -63,6 +65,14 @@ def convert(args: list[str]) -> None:
     CLI({"hf-llava": convert_hf_llava, "llava-mini": convert_llava_mini}, args=args, prog="minivlm convert")
 
 
+def consolidate(args: list[str]) -> None:
+    """`minivlm consolidate CHECKPOINT OUTPUT [--recipe RECIPE]`."""
+    from minivlm.training.consolidate import consolidate as consolidate_checkpoint
+
+    output = CLI(consolidate_checkpoint, args=args, prog="minivlm consolidate")
+    print(f"model directory written to {output}")
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the `minivlm` console script."""
     args = sys.argv[1:] if args is None else args
@@ -72,6 +82,8 @@ def main(args: list[str] | None = None) -> None:
     try:
         if args[0] == "convert":
             convert(args[1:])
+        elif args[0] == "consolidate":
+            consolidate(args[1:])
         elif args[0] in TRAINING_COMMANDS or args[0].startswith("-"):
             MiniVLMCLI(
                 MiniVLMModule,

@@ -62,4 +62,4 @@ def test_fsdp2_two_processes_match_one_process_and_consolidate(one_process, tmp_
 def test_consolidate_refuses_a_directory_that_is_no_checkpoint(tmp_path):
     (tmp_path / "ckpt").mkdir()
     with pytest.raises(FileNotFoundError, match="not a sharded checkpoint"):
-        consolidate(tmp_path / "ckpt", tmp_path / "out", config=tmp_path / "x.yaml")
+        consolidate(tmp_path / "ckpt", tmp_path / "out", recipe=tmp_path / "x.yaml")

@@ -8,6 +8,7 @@ directory loads with `MiniVLM.from_pretrained` like any other.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -29,7 +30,7 @@ def find_config(checkpoint: Path) -> Path:
     for directory in list(checkpoint.resolve().parents)[:4]:
         if (directory / CONFIG_FILE).is_file():
             return directory / CONFIG_FILE
-    raise FileNotFoundError(f"no {CONFIG_FILE} found above {checkpoint}: pass the run's recipe with --config")
+    raise FileNotFoundError(f"no {CONFIG_FILE} found above {checkpoint}: pass the run's recipe with --recipe")
 
 
 def read_model_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -37,7 +38,10 @@ def read_model_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     if checkpoint.is_dir():
         if not (checkpoint / ".metadata").is_file():
             raise FileNotFoundError(f"{checkpoint} is a directory but not a sharded checkpoint (no .metadata)")
-        state = _load_state_dict_from_keys(keys={"state_dict"}, checkpoint_id=str(checkpoint))["state_dict"]
+        with warnings.catch_warnings():
+            # Reading in one process, without a process group, is exactly the intent here.
+            warnings.filterwarnings("ignore", message="torch.distributed is unavailable or uninitialized")
+            state = _load_state_dict_from_keys(keys={"state_dict"}, checkpoint_id=str(checkpoint))["state_dict"]
     elif checkpoint.is_file():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     else:
@@ -64,13 +68,20 @@ def build_module(config: Path) -> MiniVLMModule:
     return module
 
 
-def consolidate(checkpoint: Path, output: Path, config: Path | None = None) -> Path:
-    """Writes the model directory of `checkpoint` to `output` (config.json, model.safetensors,
-    tokenizer and processor files); returns `output`."""
+def consolidate(checkpoint: Path, output: Path, recipe: Path | None = None) -> Path:
+    """Writes the model directory of a training checkpoint (config.json, model.safetensors,
+    tokenizer and processor files); returns its path.
+
+    Args:
+        checkpoint: a `.ckpt` file, or a sharded checkpoint directory written by FSDP2.
+        output: the model directory to write.
+        recipe: the run's recipe; by default the `config.yaml` that `minivlm fit` saved
+            in the run's log directory, found above the checkpoint.
+    """
     checkpoint, output = Path(checkpoint), Path(output)
-    config = Path(config) if config is not None else find_config(checkpoint)
+    recipe = Path(recipe) if recipe is not None else find_config(checkpoint)
     weights = read_model_weights(checkpoint)
-    module = build_module(config)
+    module = build_module(recipe)
     module.model.load_state_dict(weights, strict=True, assign=True)
     for part in PARTS:
         if module.stage.of(part).mode == "lora":
