@@ -93,3 +93,19 @@ def test_encoder_from_a_vision_checkpoint_on_meta_in_bf16(tmp_path, random_init_
     assert len(encoder.vision_model.encoder.layers) == 2  # select_layer -2 of 3 layers
     for key, value in loaded.items():
         assert torch.equal(value, saved[key]), key
+
+
+def test_legacy_rope_tables_in_a_checkpoint_are_skipped_but_unknown_tensors_are_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    saved = saved_llama(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    state["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(4)  # what transformers < 4.36 saved
+    save_file(state, tmp_path / "model.safetensors")
+    llm = HFLanguageModel(pretrained=str(tmp_path), config=tiny_llm_config())
+    llm.load_pretrained_weights(torch.bfloat16)
+    assert torch.equal(llm.model.state_dict()["lm_head.weight"], saved["lm_head.weight"])
+    state["model.layers.0.mlp.extra.weight"] = torch.ones(2)
+    save_file(state, tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match=r"unexpected \['model.layers.0.mlp.extra.weight'\]"):
+        HFLanguageModel(pretrained=str(tmp_path), config=tiny_llm_config()).load_pretrained_weights()

@@ -204,3 +204,23 @@ def test_init_from_errors_name_the_file_and_the_part(tmp_path):
         build(STAGE2, init_from=InitFrom(str(tmp_path / "nope"))).configure_model()
     with pytest.raises(ValueError, match="unknown parts"):
         InitFrom(str(other), parts=["decoder"])
+
+
+def test_lora_on_prefusion_leaves_its_base_weights_alone():
+    stage = Stage(projector=PartStage("full", 1e-2), prefusion=PartStage("lora", 1e-2))
+    module = build(stage, lora=LoraSettings(rank=2, alpha=4, dropout=0.0, target_modules=["q_proj"]))
+    module.configure_model()
+    before = snapshot(module)
+    train_steps(module)
+    after = snapshot(module)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert {k for k in changed if k.startswith("prefusion.")} == {
+        f"prefusion.layers.0.self_attn.q_proj.lora_{ab}.default.weight" for ab in "AB"}
+    assert changed_parts(before, after) == {"projector", "prefusion"}
+
+
+def test_pad_token_is_set_on_the_tokenizer_or_refused_when_unknown():
+    module = build(STAGE1, pad_token="<|end|>")
+    assert module.processor.tokenizer.pad_token == "<|end|>"
+    with pytest.raises(ValueError, match="pad_token '<PAD>' is not in the vocabulary of shapes"):
+        build(STAGE1, pad_token="<PAD>").processor

@@ -51,10 +51,12 @@ class MiniVLMModule(L.LightningModule):
     `stage` says how each part trains (frozen / full / lora) and at which learning rate;
     it is the only source of freezing. `lora` configures the adapters of parts in lora
     mode; `init_from` starts parts from an earlier run; `frozen_dtype` holds frozen parts
-    in a narrower dtype under mixed precision. `tokenizer`, `template`, `max_length` and
-    `hd_grid` describe the Processor, which is built on first use (`processor`), never
-    here. `activation_checkpointing` recomputes each decoder layer / encoder block in the
-    backward instead of keeping its activations (`minivlm.training.sharding`). Every other keyword (`vision_tokens`, `frames_per_chunk`, ...) is a MiniVLM
+    in a narrower dtype under mixed precision. `tokenizer` (with `pad_token` for tokenizers
+    that have none, like Vicuna's), `template`, `max_length` and `hd_grid` describe the
+    Processor, which is built on first use (`processor`), never here.
+    `activation_checkpointing` recomputes each decoder layer / encoder block in the backward
+    instead of keeping its activations (`minivlm.training.sharding`). Every other keyword
+    (`vision_tokens`, `frames_per_chunk`, ...) is a MiniVLM
     constructor argument and goes straight to it, so a new model option needs no edit here.
 
     Parts with `pretrained:` weights are materialised in `configure_model`, once, in the
@@ -165,11 +167,15 @@ class MiniVLMModule(L.LightningModule):
                 self.part(part).eval()
         return self
 
+    @property
+    def precision(self) -> str:
+        """The trainer's precision; 32-true outside a Trainer."""
+        return self._trainer.precision if self._trainer is not None else "32-true"
+
     def part_dtypes(self) -> dict[Part, torch.dtype]:
-        """Each part's parameter dtype under the trainer's precision (32-true without a trainer)."""
-        precision = self._trainer.precision if self._trainer is not None else "32-true"
+        """Each part's parameter dtype under the precision policy (LoRA parts: their frozen base)."""
         return {
-            part: part_dtype(precision, self.stage.of(part).mode == "full", self.frozen_dtype) for part in PARTS
+            part: part_dtype(self.precision, self.stage.of(part).mode == "full", self.frozen_dtype) for part in PARTS
         }
 
     def configure_model(self) -> None:
@@ -194,9 +200,7 @@ class MiniVLMModule(L.LightningModule):
         for part in PARTS:
             if self.stage.of(part).mode == "lora":
                 adapters = add_lora(self.part(part), self.lora, part)
-                adapter_dtype = part_dtype(
-                    self._trainer.precision if self._trainer is not None else "32-true", True, self.frozen_dtype
-                )
+                adapter_dtype = part_dtype(self.precision, True, self.frozen_dtype)  # adapters train
                 for param in adapters:
                     param.data = param.data.to(adapter_dtype)
                     param.requires_grad_(True)
