@@ -20,14 +20,18 @@ SHAPES = ROOT / "recipes" / "tiny-shapes.yaml"
 
 
 def overlay(path: Path, every: int, callbacks: list[dict] | None = None, lr: float | None = None) -> Path:
-    """A second --config: checkpoints every `every` steps (last.ckpt kept), extra callbacks,
-    and optionally one learning rate for every part."""
+    """A second --config: checkpoints every `every` steps into path's directory/checkpoints
+    (last.ckpt kept, so `--ckpt_path last` finds it whatever the logger's version), extra
+    callbacks, and optionally one learning rate for every part."""
     config: dict = {
         "trainer": {
             "callbacks": [
                 {
                     "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {"every_n_train_steps": every, "save_last": True, "save_top_k": 0},
+                    "init_args": {
+                        "dirpath": str(path.parent / "checkpoints"), "every_n_train_steps": every,
+                        "save_last": True, "save_top_k": 0,
+                    },
                 },
                 *(callbacks or []),
             ]
@@ -86,5 +90,5 @@ def losses(root: Path, version: str = "run") -> dict[int, float]:
         return {int(row["step"]): float(row["train/loss"]) for row in csv.DictReader(file) if row.get("train/loss")}
 
 
-def last_checkpoint(root: Path, version: str = "run") -> Path:
-    return log_dir(root, version) / "checkpoints" / "last.ckpt"
+def last_checkpoint(root: Path) -> Path:
+    return root / "checkpoints" / "last.ckpt"

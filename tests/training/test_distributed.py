@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from minivlm.model import MiniVLM
 from minivlm.training.consolidate import consolidate
-from runs import fit, last_checkpoint, losses
+from runs import fit, last_checkpoint, log_dir, losses
 
 STEPS = 4
 # At the recipe's 2e-3, AdamW's normalised first steps turn the different summation order
@@ -35,8 +35,8 @@ def assert_same_run(reference: Path, other: Path, tmp_path: Path) -> None:
     for step in expected:
         assert got[step] == pytest.approx(expected[step], abs=1e-5), step
     assert expected[STEPS - 1] < expected[0]  # it trained
-    one = weights(consolidate(last_checkpoint(reference), tmp_path / "one-model"))
-    two = weights(consolidate(last_checkpoint(other), tmp_path / "two-model"))
+    one = weights(consolidate(last_checkpoint(reference), tmp_path / "one-model", log_dir(reference) / "config.yaml"))
+    two = weights(consolidate(last_checkpoint(other), tmp_path / "two-model", log_dir(other) / "config.yaml"))
     assert one.keys() == two.keys()
     for key in one:
         assert torch.allclose(one[key], two[key], atol=1e-5, rtol=0), key

@@ -41,7 +41,7 @@ def test_run_killed_after_a_checkpoint_resumes_exactly(tmp_path):
     assert killed.returncode == -signal.SIGKILL
     assert sorted(losses(parts, "first")) == list(range(KILL_AT))
     fit(
-        parts, dropout, "--ckpt_path=" + str(last_checkpoint(parts, "first")), steps=STEPS, batch_size=4,
+        parts, dropout, "--ckpt_path=last", steps=STEPS, batch_size=4,
         version="second", callbacks=[recorder(tmp_path / "parts.txt")],
     )
 
@@ -53,7 +53,7 @@ def test_run_killed_after_a_checkpoint_resumes_exactly(tmp_path):
     # The same batches in the same order: the killed run's, then the resumed run's from step KILL_AT on.
     assert batches(tmp_path / "parts.txt") == batches(tmp_path / "whole.txt")
     final = torch.load(last_checkpoint(whole), weights_only=True)["state_dict"]
-    resumed = torch.load(last_checkpoint(parts, "second"), weights_only=True)["state_dict"]
+    resumed = torch.load(last_checkpoint(parts), weights_only=True)["state_dict"]
     assert final.keys() == resumed.keys()
     for key in final:
         assert torch.allclose(final[key], resumed[key], atol=1e-6, rtol=0), key
