@@ -34,12 +34,15 @@ def test_page_commands_train_sharded_resume_and_consolidate(tmp_path):
     run(fit, tmp_path)
     last = tmp_path / "runs" / "fsdp2" / "checkpoints" / "last.ckpt"
     assert last.is_symlink() and len(list(last.glob("*.distcp"))) == 2
-    assert torch.load(last / "meta.pt", weights_only=True)["global_step"] == 4
+    first = torch.load(last / "meta.pt", weights_only=True)
+    assert first["global_step"] == 4 and first["ShapesDataModule"] == {"epoch": 0, "batches": 4}
     run(resume, tmp_path)
     state = torch.load(last / "meta.pt", weights_only=True)
     assert state["global_step"] == 6
-    # The data position saved with the resumed run's last checkpoint: 6 batches into epoch 0.
-    assert state["ShapesDataModule"] == {"epoch": 0, "batches": 6}
+    # The first run's last checkpoint came from the validation at step 4, mid-epoch: the resumed
+    # run continued epoch 0 at batch 4. Its own last one is saved once fit stops at max_steps,
+    # when Lightning counts the epoch as complete: the data would go on at epoch 1, batch 0.
+    assert state["ShapesDataModule"] == {"epoch": 1, "batches": 0}
     run(consolidate, tmp_path)
     model = MiniVLM.from_pretrained(tmp_path / "my-model")
     assert model.tokens_per_image == 1 and model.processor is not None

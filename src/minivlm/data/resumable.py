@@ -81,6 +81,11 @@ class ResumableData:
         trainer = getattr(self, "trainer", None)
         if trainer is None:
             return {}
+        epochs = trainer.fit_loop.epoch_progress.current
+        if epochs.started == epochs.completed:
+            # Saved between epochs (e.g. when fit stops at max_steps, Lightning counts the epoch
+            # as complete): the next epoch starts from its first batch.
+            return {"epoch": trainer.current_epoch, "batches": 0}
         # Batches whose training step is done in the current epoch (the one being saved included).
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
         return {"epoch": trainer.current_epoch, "batches": done}
