@@ -1,6 +1,6 @@
 """Training throughput of the tiny-shapes recipe: 1 process, DDP x2 and FSDP2 x2 on CPU.
 
-    .venv/bin/python benchmarks/train_throughput.py [--steps 40] [--global-batch 32]
+    .venv/bin/python benchmarks/train_throughput.py [--steps 40] [--global-batch 32] [--threads 1]
 
 Each configuration runs `minivlm fit` in a subprocess (the way a user launches it) with the
 same global batch and `ThroughputMonitor` logging every 10 steps; the first window (start-up)
@@ -31,7 +31,10 @@ RECIPE = ROOT / "recipes" / "tiny-shapes.yaml"
 METRICS = ("perf/samples_per_s", "perf/llm_tokens_per_s", "perf/prefusion_tokens_per_s", "perf/peak_memory_gib")
 
 
-def run(name: str, devices: int, strategy: str | None, accelerator: str, precision: str, steps: int, global_batch: int, work: Path) -> dict:
+def run(
+    name: str, devices: int, strategy: str | None, accelerator: str, precision: str,
+    steps: int, global_batch: int, threads: int, work: Path,
+) -> dict:
     overlay = work / f"{name}.yaml"
     overlay.write_text(yaml.safe_dump({"trainer": {"callbacks": [
         {"class_path": "minivlm.training.throughput.ThroughputMonitor", "init_args": {"every_n_steps": 10}},
@@ -48,6 +51,9 @@ def run(name: str, devices: int, strategy: str | None, accelerator: str, precisi
     if strategy is not None:
         command.append(f"--trainer.strategy={strategy}")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    # One intra-op thread per process in every configuration: on a shared CPU, more threads
+    # than free cores make a single process spin-wait and look tens of times slower.
+    env["OMP_NUM_THREADS"] = str(threads)
     start = time.perf_counter()
     subprocess.run(command, env=env, check=True, capture_output=True)
     wall = time.perf_counter() - start
@@ -56,7 +62,7 @@ def run(name: str, devices: int, strategy: str | None, accelerator: str, precisi
     means = {key: sum(float(row[key]) for row in rows) / len(rows) for key in METRICS}
     return {
         "config": name, "processes": devices, "strategy": strategy or "single", "precision": precision,
-        "global_batch": global_batch, "steps": steps, "windows": len(rows), "wall_seconds": round(wall, 1),
+        "global_batch": global_batch, "steps": steps, "threads_per_process": threads, "windows": len(rows), "wall_seconds": round(wall, 1),
         **{key.split("/")[1]: round(value, 2) for key, value in means.items()},
     }
 
@@ -65,17 +71,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--global-batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads per process")
+    parser.add_argument("--only", default=None, help="run only the configuration with this name")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_throughput.json"))
     options = parser.parse_args()
 
     configs = [("cpu-1", 1, None, "cpu", "32-true"), ("cpu-ddp-2", 2, "ddp", "cpu", "32-true"),
                ("cpu-fsdp2-2", 2, "fsdp2", "cpu", "32-true")]
+    if options.only is not None:
+        configs = [config for config in configs if config[0] == options.only]
     if torch.cuda.is_available():
         configs.append(("gpu-1-bf16", 1, None, "gpu", "bf16-mixed"))
     else:
         print("no GPU on this machine: GPU rows skipped")
     with tempfile.TemporaryDirectory() as work:
-        rows = [run(*config, options.steps, options.global_batch, Path(work)) for config in configs]
+        rows = [run(*config, options.steps, options.global_batch, options.threads, Path(work)) for config in configs]
 
     header = f"{'config':<12} {'samples/s':>10} {'LLM tok/s':>10} {'pre-fusion tok/s':>17} {'peak GiB':>9} {'wall s':>7}"
     print(header)
