@@ -87,9 +87,16 @@ def test_kill_while_writing_a_checkpoint_leaves_the_previous_one_loadable(tmp_pa
     path = tmp_path / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"step": 1, "weights": torch.zeros(3)}, path)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[2] / "src"), os.environ.get("PYTHONPATH", "")]))
+    before = path.stat().st_size
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], env=env)
+
+    def writing() -> bool:
+        """Bytes of the new checkpoint are reaching the disk: in last.ckpt itself or in a new file."""
+        others = [p for p in tmp_path.iterdir() if p != path]
+        return path.stat().st_size != before or any(p.stat().st_size > 0 for p in others)
+
     deadline = time.monotonic() + 120
-    while not any(p.stat().st_size > 0 for p in tmp_path.glob(".last.ckpt.tmp-*")):
+    while not writing():
         assert writer.poll() is None and time.monotonic() < deadline, "the writer finished before it could be killed"
         time.sleep(0.001)
     writer.send_signal(signal.SIGKILL)
