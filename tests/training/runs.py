@@ -56,11 +56,12 @@ def fit(
     lr: float | None = None,
     version: str = "run",
     check: bool = True,
+    recipe: Path = SHAPES,
 ) -> subprocess.CompletedProcess:
     """`python -m minivlm fit` on CPU; logs (metrics.csv, config.yaml, checkpoints) under root/version."""
     root.mkdir(parents=True, exist_ok=True)
     command = [
-        sys.executable, "-m", "minivlm", "fit", "--config", str(SHAPES),
+        sys.executable, "-m", "minivlm", "fit", "--config", str(recipe),
         "--config", str(overlay(root / f"overlay-{version}.yaml", every, callbacks, lr)),
         f"--trainer.max_steps={steps}", "--trainer.limit_val_batches=0", "--data.init_args.train_size=96",
         f"--data.init_args.batch_size={batch_size}", f"--trainer.devices={devices}",

@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 
 from minivlm.model import MiniVLM
 from minivlm.training.consolidate import consolidate
-from runs import fit, last_checkpoint, log_dir, losses
+from minivlm.training.consolidate import read_model_weights
+from runs import ROOT, fit, last_checkpoint, log_dir, losses
 
 STEPS = 4
 # At the recipe's 2e-3, AdamW's normalised first steps turn the different summation order
@@ -57,6 +58,18 @@ def test_fsdp2_two_processes_match_one_process_and_consolidate(one_process, tmp_
     assert_same_run(one_process, root, tmp_path)
     model = MiniVLM.from_pretrained(tmp_path / "two-model")
     assert model.processor is not None
+
+
+def test_fsdp2_trains_lora_adapters_and_consolidates_them_merged(tmp_path):
+    root = tmp_path / "lora"
+    fit(root, steps=2, batch_size=4, devices=2, strategy="fsdp2", every=2, recipe=ROOT / "recipes" / "tiny-shapes-lora.yaml")
+    weights = read_model_weights(last_checkpoint(root))
+    # LoRA's B matrices start at zero: non-zero ones were updated by the optimizer, which must
+    # hold the sharded adapters that fully_shard put in place of the original ones.
+    lora_b = [key for key in weights if "lora_B" in key]
+    assert lora_b and all(weights[key].abs().max() > 0 for key in lora_b)
+    model = MiniVLM.from_pretrained(consolidate(last_checkpoint(root), tmp_path / "model", log_dir(root) / "config.yaml"))
+    assert not any("lora" in key for key in model.state_dict())
 
 
 def test_consolidate_refuses_a_directory_that_is_no_checkpoint(tmp_path):
