@@ -37,6 +37,8 @@ commands:
   export     turn a training checkpoint into a model directory:  minivlm export --checkpoint RUN/last.ckpt --out DIR
   push       upload a model directory (or a checkpoint) to the Hub:  minivlm push --model DIR --repo-id USER/NAME
   chat       talk to a model about images and videos:  minivlm chat --model DIR --image cat.png "What is this?"
+  consolidate  a training checkpoint (file or sharded FSDP2 directory) -> model directory
+             (minivlm consolidate CHECKPOINT OUTPUT [--recipe RUN/config.yaml])
 
 `minivlm <command> --help` lists every option of a command."""
 
@@ -200,6 +202,14 @@ def chat(
 PLAIN_COMMANDS = {"export": (export, None), "push": (push, None), "chat": (chat, "prompt")}
 
 
+def consolidate(args: list[str]) -> None:
+    """`minivlm consolidate CHECKPOINT OUTPUT [--recipe RECIPE]`."""
+    from minivlm.training.consolidate import consolidate as consolidate_checkpoint
+
+    output = CLI(consolidate_checkpoint, args=args, prog="minivlm consolidate")
+    print(f"model directory written to {output}")
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the `minivlm` console script."""
     args = sys.argv[1:] if args is None else args
@@ -223,6 +233,8 @@ def main(args: list[str] | None = None) -> None:
             except (FileNotFoundError, ValueError) as error:  # bad paths and bad models are user errors
                 print(f"minivlm {args[0]}: error: {one_line(error)}", file=sys.stderr)
                 sys.exit(2)
+        elif args[0] == "consolidate":
+            consolidate(args[1:])
         elif args[0] in TRAINING_COMMANDS or args[0].startswith("-"):
             # LightningCLI reads sys.argv itself; handing it `args` as well makes it warn about our own call.
             saved_argv, sys.argv = sys.argv, ["minivlm", *args]

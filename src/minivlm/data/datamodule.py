@@ -7,6 +7,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from minivlm.processing.images import ImageInput
+from minivlm.data.resumable import ResumableData
 from minivlm.data.synthetic import ShapesTask
 from minivlm.processing.templates import Turn
 from minivlm.processing.batch import Batch
@@ -53,10 +54,11 @@ class Collate:
         return self.processor(conversations, [images for _, images in records], self.add_generation_prompt)
 
 
-class ShapesDataModule(L.LightningDataModule):
+class ShapesDataModule(ResumableData, L.LightningDataModule):
     """The built-in synthetic shapes VQA task (`minivlm.data.synthetic`), split by seed:
     train uses `seed`, validation `seed + 1`, test and predict `seed + 2` (predict gives
-    the test questions without answers, for `minivlm predict`).
+    the test questions without answers, for `minivlm predict`). The training order is
+    resumable (`minivlm.data.resumable`): `--ckpt_path` continues at the next batch.
 
     The Processor comes from the LightningModule being trained (`module.processor`), so
     tokenizer, template and image size always match the model.
@@ -99,7 +101,7 @@ class ShapesDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=self.train_sampler(size, self.batch_size, self.seed) if shuffle else None,
             num_workers=self.num_workers,
             collate_fn=Collate(self.processor, add_generation_prompt=prompts_only),
             persistent_workers=self.num_workers > 0,

@@ -7,6 +7,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from minivlm.fusion.base import PreFusion
 from minivlm.fusion.rows import layer_rows, supports_row_subset
@@ -105,7 +106,12 @@ class DecoderPreFusion(PreFusion):
         *first, last = self.layers
         for layer in first:
             hidden = layer(hidden, attention_mask=mask, position_ids=position_ids, position_embeddings=position_embeddings)
-        if supports_row_subset(last):
+        # A layer wrapped for activation checkpointing keeps the row subset, checkpointed here
+        # the same way (non-reentrant, RNG state replayed), so both give the same numbers.
+        wrapped = getattr(last, "_checkpoint_wrapped_module", None)
+        if wrapped is not None and supports_row_subset(wrapped):
+            kept = checkpoint(layer_rows, wrapped, hidden, n, position_embeddings, use_reentrant=False)
+        elif supports_row_subset(last):
             kept = layer_rows(last, hidden, n, position_embeddings)
         else:
             out = last(hidden, attention_mask=mask, position_ids=position_ids, position_embeddings=position_embeddings)

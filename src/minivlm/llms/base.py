@@ -40,6 +40,11 @@ class LanguageModel(nn.Module):
     def rotary_embedding(self) -> nn.Module:
         raise NotImplementedError
 
+    @property
+    def output_head(self) -> nn.Module:
+        """The layer that maps final hidden states (…, D) to logits (…, V)."""
+        raise NotImplementedError
+
     def forward(
         self,
         inputs_embeds: torch.Tensor,
@@ -48,5 +53,9 @@ class LanguageModel(nn.Module):
         cache: Any = None,
         use_cache: bool = False,
         logits_to_keep: int = 0,
+        hidden_only: bool = False,
     ) -> tuple[torch.Tensor, Any]:
+        """(logits (B, T, V), cache); with `hidden_only`, the final hidden states (B, T, D)
+        before `output_head` instead of logits (the loss applies the head to label positions
+        only: `minivlm.model.loss`)."""
         raise NotImplementedError

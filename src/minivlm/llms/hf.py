@@ -100,6 +100,17 @@ class HFLanguageModel(LanguageModel):
     def shard_units(self) -> list[nn.Module]:
         return list(self.decoder_layers)
 
+    @property
+    def output_head(self) -> nn.Module:
+        return self.model.get_output_embeddings()
+
+    def _check_loaded(self, inputs_embeds: torch.Tensor) -> None:
+        if inputs_embeds.device.type != "meta" and self.weights_pending:
+            raise RuntimeError(
+                f"the weights of {self.pretrained} are not loaded yet: call load_pretrained_weights() "
+                "(MiniVLMModule does it in configure_model)"
+            )
+
     def forward(
         self,
         inputs_embeds: torch.Tensor,
@@ -108,12 +119,15 @@ class HFLanguageModel(LanguageModel):
         cache: Any = None,
         use_cache: bool = False,
         logits_to_keep: int = 0,
+        hidden_only: bool = False,
     ) -> tuple[torch.Tensor, Any]:
-        if inputs_embeds.device.type != "meta" and self.weights_pending:
-            raise RuntimeError(
-                f"the weights of {self.pretrained} are not loaded yet: call load_pretrained_weights() "
-                "(MiniVLMModule does it in configure_model)"
+        self._check_loaded(inputs_embeds)
+        if hidden_only:
+            out = self.model.model(
+                inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                cache=cache, use_cache=use_cache,
             )
+            return out.last_hidden_state, out.cache
         out = self.model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,

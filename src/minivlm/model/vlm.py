@@ -10,17 +10,17 @@ import math
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from minivlm.compressors.base import Compressor
 from minivlm.encoders.base import VisionEncoder
 from minivlm.fusion.base import PreFusion
 from minivlm.llms.base import LanguageModel
-from minivlm.processing.batch import IGNORE_INDEX, Batch
+from minivlm.processing.batch import Batch
 from minivlm.processing.images import normalise_pixels
 from minivlm.model import generation, pretrained
 from minivlm.model.generation import TokenStreamer
 from minivlm.model.weights import DEFAULT_MAX_SHARD_SIZE, empty_parameters, load_weights, save_weights
+from minivlm.model.loss import next_token_loss
 from minivlm.model.inputs import LLMInputs, splice_media, stitch_tiles
 from minivlm.processing.processor import PROCESSOR_FILE, Processor
 from minivlm.projectors.base import Projector
@@ -33,11 +33,14 @@ class WidthMismatchError(ValueError):
 @dataclass
 class MiniVLMOutput:
     """`loss` (mean cross-entropy over label tokens, or None without labels), `logits` (B, T, V)
-    over the assembled LLM sequence, and the `labels` (B, T) aligned with those logits."""
+    over the assembled LLM sequence (None when not asked for), the `labels` (B, T) aligned
+    with those logits, and the summed loss and number of label tokens behind `loss`."""
 
     loss: torch.Tensor | None
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     labels: torch.Tensor | None
+    loss_sum: torch.Tensor | None = None
+    label_count: torch.Tensor | None = None
 
 
 def _check_width(left: str, left_dim: int, right: str, right_dim: int) -> None:
@@ -236,15 +239,17 @@ class MiniVLM(nn.Module):
         weight = self._encoder_weight
         return normalise_pixels(pixels.to(weight.device), self.encoder.image_spec, dtype=weight.dtype)
 
-    def forward(self, batch: Batch) -> MiniVLMOutput:
+    def forward(self, batch: Batch, return_logits: bool = True) -> MiniVLMOutput:
+        """Loss over the label tokens (computed on label positions only, in chunks: see
+        `minivlm.model.loss`) and, unless `return_logits` is False, the full logits."""
         inputs = self.assemble(batch)
-        logits, _ = self.llm(inputs.embeds, attention_mask=inputs.attention_mask)
-        loss = None
+        hidden, _ = self.llm(inputs.embeds, attention_mask=inputs.attention_mask, hidden_only=True)
+        loss = loss_sum = label_count = None
         if inputs.labels is not None:
-            loss = F.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), inputs.labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
-            )
-        return MiniVLMOutput(loss=loss, logits=logits, labels=inputs.labels)
+            loss_sum, label_count = next_token_loss(hidden, self.llm.output_head, inputs.labels, self.llm.vocab_size)
+            loss = loss_sum / label_count.clamp(min=1)
+        logits = self.llm.output_head(hidden) if return_logits else None
+        return MiniVLMOutput(loss=loss, logits=logits, labels=inputs.labels, loss_sum=loss_sum, label_count=label_count)
 
     def generate(
         self,

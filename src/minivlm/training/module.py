@@ -24,9 +24,12 @@ from minivlm.processing.processor import Processor
 from minivlm.processing.templates import get_template
 from minivlm.projectors.base import Projector
 from minivlm.training.init_from import InitFrom, read_parts
+from minivlm.training.accumulation import TokenNormalisedLoss
 from minivlm.training.lora import LoraSettings, add_lora
 from minivlm.training.optim import build_optimizer
 from minivlm.training.precision import FrozenDtype, part_dtype
+from minivlm.training.resume import ExactResume
+from minivlm.training.sharding import apply_fsdp, checkpoint_activations
 from minivlm.training.stages import PARTS, Part, Stage, parts_without_grad, run_without_grad
 from minivlm.training.table import parts_table
 from minivlm.weights import has_meta_parameters, load_state
@@ -49,8 +52,11 @@ class MiniVLMModule(L.LightningModule):
     it is the only source of freezing. `lora` configures the adapters of parts in lora
     mode; `init_from` starts parts from an earlier run; `frozen_dtype` holds frozen parts
     in a narrower dtype under mixed precision. `tokenizer` (with `pad_token` for tokenizers
-    that have none, like Vicuna's), `template`, `max_length` and `hd_grid` describe the Processor, which is built on first use (`processor`), never
-    here. Every other keyword (`vision_tokens`, `frames_per_chunk`, ...) is a MiniVLM
+    that have none, like Vicuna's), `template`, `max_length` and `hd_grid` describe the
+    Processor, which is built on first use (`processor`), never here.
+    `activation_checkpointing` recomputes each decoder layer / encoder block in the backward
+    instead of keeping its activations (`minivlm.training.sharding`). Every other keyword
+    (`vision_tokens`, `frames_per_chunk`, ...) is a MiniVLM
     constructor argument and goes straight to it, so a new model option needs no edit here.
 
     Parts with `pretrained:` weights are materialised in `configure_model`, once, in the
@@ -74,6 +80,7 @@ class MiniVLMModule(L.LightningModule):
         max_length: int | None = None,
         hd_grid: int = 1,
         max_new_tokens: int = 16,
+        activation_checkpointing: bool = False,
         **model_options: Any,
     ) -> None:
         super().__init__()
@@ -99,6 +106,7 @@ class MiniVLMModule(L.LightningModule):
                 "max_length": max_length,
                 "hd_grid": hd_grid,
                 "max_new_tokens": max_new_tokens,
+                "activation_checkpointing": activation_checkpointing,
                 **model_options,
             }
         )
@@ -113,6 +121,8 @@ class MiniVLMModule(L.LightningModule):
         self.max_length = max_length
         self.hd_grid = hd_grid
         self.max_new_tokens = max_new_tokens
+        self.activation_checkpointing = activation_checkpointing
+        self.token_loss = TokenNormalisedLoss()
         self._processor: Processor | None = None
         self._adapters: dict[Part, list[nn.Parameter]] = {}
         self._configured = False
@@ -198,6 +208,17 @@ class MiniVLMModule(L.LightningModule):
                 sources[part] += f" + LoRA rank {self.lora.rank}"
         self._configured = True
         rank_zero_info("minivlm weights:\n" + "\n".join(f"  {part:<10} {sources[part]}" for part in PARTS))
+        self._parallelize()
+
+    def _parallelize(self) -> None:
+        """Activation checkpointing if the recipe asks for it, then FSDP2 when the strategy
+        gives a device mesh (ModelParallelStrategy / FSDP2Strategy; DDP gives none)."""
+        if self.activation_checkpointing:
+            checkpoint_activations(self.model)
+        if self._device_mesh is not None:
+            precision = self._trainer.precision if self._trainer is not None else "32-true"
+            # fully_shard replaces parameters by sharded ones: the adapter lists must follow.
+            self._adapters = apply_fsdp(self.model, self._device_mesh["data_parallel"], precision, self._adapters)
 
     def trainable_parameters(self, require_adapters: bool = True) -> dict[Part, list[nn.Parameter]]:
         """What the optimizer updates, per trained part: all its parameters, or its LoRA adapters
@@ -219,9 +240,17 @@ class MiniVLMModule(L.LightningModule):
         return self.model(batch)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        loss = self.model(batch).loss
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch.batch_size)
-        return loss
+        """Backpropagates the summed loss of this micro-batch; `on_before_optimizer_step`
+        divides the gradients by the label tokens of the whole step (`training.accumulation`)."""
+        out = self.model(batch, return_logits=False)
+        return self.token_loss.micro_batch(out.loss_sum, out.label_count, self.trainer)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        loss = self.token_loss.finish_step(self)
+        self.log("train/loss", loss, prog_bar=True)
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [ExactResume()]
 
     def _evaluate(self, batch: Batch, stage: str, metric: ExactMatch) -> None:
         out = self.model(batch)
