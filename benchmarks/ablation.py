@@ -45,6 +45,7 @@ from minivlm.data.datamodule import Collate
 from minivlm.data.scenes import NUMBER_WORDS, ScenesTask, build_scenes_tokenizer
 from minivlm.data.scenes_datamodule import ScenesDataModule, ScenesDataset
 from minivlm.training.module import MiniVLMModule
+from minivlm.training.stages import PARTS, PartStage, Stage
 
 VISION_WIDTH, LLM_WIDTH = 64, 64
 DOCS_START, DOCS_END = "<!-- ablation:start -->", "<!-- ablation:end -->"
@@ -101,8 +102,7 @@ def build_module(config: Config, tokenizer_dir: Path, options: argparse.Namespac
     return MiniVLMModule(
         encoder=encoder, compressor=compressor, projector=MLPProjector(VISION_WIDTH, LLM_WIDTH), prefusion=prefusion,
         llm=llm, tokenizer=str(tokenizer_dir), template="shapes",
-        train=["encoder", "compressor", "projector", "prefusion", "llm"],
-        lr=options.lr, weight_decay=0.01, warmup_ratio=0.05,
+        stage=Stage(**{part: PartStage("full", options.lr) for part in PARTS}, weight_decay=0.01, warmup_ratio=0.05),
     )
 
 
