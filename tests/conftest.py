@@ -75,3 +75,20 @@ def run(tmp_path_factory):
           "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
           f"--trainer.default_root_dir={root}"])
     return root
+
+
+def write_video(path, frames: int, fps: int = 4, size: int = 32, step: int = 10) -> None:
+    """An mpeg4 file whose frame i is a flat grey of value step·i, so sampled indices can be read back."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for i in range(frames):
+            image = np.full((size, size, 3), step * i, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)

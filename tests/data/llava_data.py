@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import av
-import numpy as np
 from PIL import Image
 
 import lightning as L
 from conftest import VISION, WIDTH, tiny_encoder, tiny_llm_config
+from conftest import write_video as write_test_video
 
 from minivlm.compressors import QueryCompressor
 from minivlm.data.synthetic import build_shapes_tokenizer
@@ -41,16 +40,7 @@ def write_image(path: Path, i: int, size: int = 16, fmt: str = "PNG") -> None:
 
 
 def write_video(path: Path, frames: int, fps: int = 4, size: int = 16) -> None:
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for i in range(frames):
-            image = np.full((size, size, 3), 10 * i, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    write_test_video(path, frames, fps=fps, size=size)
 
 
 def record(i: int, media: str | None = "image", prefix: str = "s") -> dict:

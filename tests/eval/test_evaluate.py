@@ -5,7 +5,7 @@ import json
 import pytest
 from PIL import Image
 
-from conftest import shapes_processor, tiny_vlm
+from conftest import shapes_processor, tiny_vlm, write_video
 from minivlm.cli import main
 from minivlm.data.synthetic import ShapesTask
 from minivlm.eval.evaluate import Question, build_prompt, read_questions, run_evaluation
@@ -165,19 +165,7 @@ def test_references_that_do_not_suit_the_metric_name_the_question(setup, tmp_pat
 
 
 def write_grey_video(path, frames: int = 8, fps: int = 4, size: int = 32) -> None:
-    import av
-    import numpy as np
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for i in range(frames):
-            image = np.full((size, size, 3), 25 * i, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    write_video(path, frames, fps=fps, size=size, step=25)
 
 
 def test_video_image_and_text_only_questions_in_one_batch(setup, tmp_path):

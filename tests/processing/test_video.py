@@ -1,24 +1,10 @@
 """Video decoding and frame sampling with PyAV."""
 
-import av
 import numpy as np
 import pytest
 
+from conftest import write_video
 from minivlm.processing.video import Video, load_video, segment_midpoints
-
-
-def write_video(path, frames: int, fps: int = 4, size: int = 32) -> None:
-    """Frame i is a flat grey of value 10·i, so sampled indices can be read back."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for i in range(frames):
-            image = np.full((size, size, 3), 10 * i, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
 
 
 def test_segment_midpoints():
