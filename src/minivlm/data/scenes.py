@@ -24,10 +24,9 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from minivlm.data.synthetic import SPECIAL_TOKENS
+from minivlm.data.synthetic import word_level_tokenizer
 
 GRID = 8
 COLOURS = ("red", "green", "blue", "yellow", "white")
@@ -202,15 +201,4 @@ def scenes_vocabulary() -> list[str]:
 
 def build_scenes_tokenizer() -> PreTrainedTokenizerFast:
     """The word-level tokenizer of the scenes task, built offline (special tokens as the shapes task's)."""
-    vocab = {token: i for i, token in enumerate((*SPECIAL_TOKENS, *scenes_vocabulary()))}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.decoder = decoders.WordPiece(prefix="##", cleanup=False)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        unk_token="<unk>",
-        eos_token="<|end|>",
-        additional_special_tokens=["<|user|>", "<|assistant|>"],
-        clean_up_tokenization_spaces=False,
-    )
+    return word_level_tokenizer(scenes_vocabulary())

@@ -167,7 +167,13 @@ def build_shapes_tokenizer() -> PreTrainedTokenizerFast:
     Special tokens take ids 0..4 in SPECIAL_TOKENS order; nothing is added
     automatically on encode, and decode joins tokens with single spaces.
     """
-    vocab = {token: i for i, token in enumerate((*SPECIAL_TOKENS, *shapes_vocabulary()))}
+    return word_level_tokenizer(shapes_vocabulary())
+
+
+def word_level_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
+    """A whitespace-split, word-level tokenizer over SPECIAL_TOKENS + `words`, built offline
+    (the synthetic tasks' tokenizers: their vocabularies are closed)."""
+    vocab = {token: i for i, token in enumerate((*SPECIAL_TOKENS, *words))}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     # Same splitting as _words, so the vocabulary covers everything the task emits.
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
