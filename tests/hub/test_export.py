@@ -124,7 +124,7 @@ def test_export_without_a_recipe_names_where_it_looked(run, tmp_path, capsys):
         export("--checkpoint", str(moved), "--out", str(tmp_path / "m"))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("minivlm export: error: no config.yaml next to") and "(--recipe)" in err
+    assert err.startswith("minivlm export: error: no config.yaml found above") and "--recipe" in err
     assert not (tmp_path / "m").exists()
 
 

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from minivlm.model import MiniVLM
 from minivlm.training.consolidate import consolidate
-from minivlm.training.consolidate import read_model_weights
+from minivlm.training.consolidate import read_checkpoint
 from runs import ROOT, fit, last_checkpoint, log_dir, losses
 
 STEPS = 4
@@ -63,7 +63,7 @@ def test_fsdp2_two_processes_match_one_process_and_consolidate(one_process, tmp_
 def test_fsdp2_trains_lora_adapters_and_consolidates_them_merged(tmp_path):
     root = tmp_path / "lora"
     fit(root, steps=2, batch_size=4, devices=2, strategy="fsdp2", every=2, recipe=ROOT / "recipes" / "tiny-shapes-lora.yaml")
-    weights = read_model_weights(last_checkpoint(root))
+    weights, _ = read_checkpoint(last_checkpoint(root))
     # LoRA's B matrices start at zero: non-zero ones were updated by the optimizer, which must
     # hold the sharded adapters that fully_shard put in place of the original ones.
     lora_b = [key for key in weights if "lora_B" in key]

@@ -45,6 +45,10 @@ def _lora_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield name, module
 
 
+def has_lora_adapters(model: nn.Module) -> bool:
+    return next(_lora_layers(model), None) is not None
+
+
 def merge_lora(model: nn.Module) -> int:
     """Folds every peft LoRA adapter into its base layer and puts the base layer back in its
     place; returns how many layers were merged."""
@@ -154,7 +158,7 @@ def export_model(
     if merge_lora_adapters:
         if merge_lora(model) == 0:
             raise ValueError("--merge-lora was given, but the model has no LoRA adapters")
-    elif next(_lora_layers(model), None) is not None:
+    elif has_lora_adapters(model):
         raise ValueError("the model has LoRA adapters; export with --merge-lora to fold them into the weights")
     out = Path(out)
     model.save_pretrained(out, max_shard_size=max_shard_size, dtype=DTYPES[dtype] if dtype else None)

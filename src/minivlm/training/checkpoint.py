@@ -13,18 +13,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import torch
-import yaml
-from jsonargparse import ArgumentParser
-
-from minivlm.hub.export import ExportInfo, export_model
+from minivlm.hub.export import ExportInfo, export_model, has_lora_adapters
 from minivlm.model.vlm import MiniVLM
-from minivlm.model.weights import DEFAULT_MAX_SHARD_SIZE, empty_parameters
-from minivlm.training.module import MiniVLMModule
-
-RECIPE_FILE = "config.yaml"
+from minivlm.model.weights import DEFAULT_MAX_SHARD_SIZE
+from minivlm.training.consolidate import build_module, find_config, read_checkpoint
 
 
 @dataclass
@@ -38,40 +31,16 @@ class TrainedModel:
     epoch: int
 
 
-def find_recipe(checkpoint: Path) -> Path:
-    """The config.yaml LightningCLI wrote for the run `checkpoint` belongs to."""
-    for directory in (checkpoint.parent, checkpoint.parent.parent):
-        if (directory / RECIPE_FILE).is_file():
-            return directory / RECIPE_FILE
-    raise FileNotFoundError(
-        f"no {RECIPE_FILE} next to {checkpoint} (looked in {checkpoint.parent} and {checkpoint.parent.parent}); "
-        "pass the recipe the run was trained with (--recipe)"
-    )
-
-
-def build_module(recipe: dict[str, Any], source: str) -> MiniVLMModule:
-    """The LightningModule described by a recipe's `model:` section, with meta parameters."""
-    if not isinstance(recipe, dict) or not isinstance(recipe.get("model"), dict):
-        raise ValueError(f"{source} has no `model:` section")
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_class_arguments(MiniVLMModule, "model")
-    config = parser.parse_object({"model": recipe["model"]})
-    with empty_parameters():
-        return parser.instantiate_classes(config).model
-
-
 def load_trained_model(checkpoint: str | Path, recipe: str | Path | None = None) -> TrainedModel:
-    """Rebuilds the MiniVLM of a Lightning checkpoint (strictly: every tensor must match)."""
+    """Rebuilds the MiniVLM of a Lightning checkpoint (a `.ckpt` file or a sharded FSDP2
+    directory), strictly: every tensor must match. LoRA adapters are rebuilt as the recipe's
+    stage says, and stay unmerged."""
     checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
+    if not checkpoint.exists():
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
-    recipe_path = Path(recipe) if recipe is not None else find_recipe(checkpoint)
-    recipe_text = recipe_path.read_text()
-    module = build_module(yaml.safe_load(recipe_text), str(recipe_path))
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    if "state_dict" not in state:
-        raise ValueError(f"{checkpoint} is not a Lightning checkpoint (no state_dict)")
-    weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items() if k.startswith("model.")}
+    weights, progress = read_checkpoint(checkpoint)
+    recipe_path = Path(recipe) if recipe is not None else find_config(checkpoint)
+    module = build_module(recipe_path)
     try:
         module.model.load_state_dict(weights, strict=True, assign=True)
     except RuntimeError as error:
@@ -79,10 +48,10 @@ def load_trained_model(checkpoint: str | Path, recipe: str | Path | None = None)
     module.processor  # built on first use; it also becomes module.model.processor
     return TrainedModel(
         model=module.model.eval(),
-        recipe=recipe_text,
+        recipe=recipe_path.read_text(),
         trained_parts=list(module.stage.trained),
-        global_step=int(state.get("global_step", 0)),
-        epoch=int(state.get("epoch", 0)),
+        global_step=progress.get("global_step", 0),
+        epoch=progress.get("epoch", 0),
     )
 
 
@@ -90,12 +59,15 @@ def export_checkpoint(
     checkpoint: str | Path,
     out: str | Path,
     recipe: str | Path | None = None,
-    merge_lora: bool = False,
+    merge_lora: bool | None = False,
     dtype: str | None = None,
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
 ) -> list[Path]:
-    """`minivlm export`: the model directory of a training checkpoint; returns the files written."""
+    """`minivlm export`: the model directory of a training checkpoint; returns the files written.
+    `merge_lora` None merges exactly when the recipe trains LoRA adapters."""
     trained = load_trained_model(checkpoint, recipe)
+    if merge_lora is None:
+        merge_lora = has_lora_adapters(trained.model)
     info = ExportInfo(recipe=trained.recipe, trained_parts=trained.trained_parts, global_step=trained.global_step)
     return export_model(trained.model, out, info, merge_lora_adapters=merge_lora, dtype=dtype, max_shard_size=max_shard_size)
 

@@ -16,7 +16,6 @@ import yaml
 from jsonargparse import ArgumentParser
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
-from minivlm.hub.export import merge_lora
 from minivlm.training.lora import add_lora
 from minivlm.training.module import MiniVLMModule
 from minivlm.training.stages import PARTS
@@ -34,23 +33,27 @@ def find_config(checkpoint: Path) -> Path:
     raise FileNotFoundError(f"no {CONFIG_FILE} found above {checkpoint}: pass the run's recipe with --recipe")
 
 
-def read_model_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
-    """The MiniVLM weights of a Lightning checkpoint: a `.ckpt` file or a sharded directory."""
+def read_checkpoint(checkpoint: Path) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """The MiniVLM weights of a Lightning checkpoint (a `.ckpt` file or a sharded directory),
+    and its progress (`global_step`, `epoch`, where the checkpoint records them)."""
     if checkpoint.is_dir():
         if not (checkpoint / ".metadata").is_file():
             raise FileNotFoundError(f"{checkpoint} is a directory but not a sharded checkpoint (no .metadata)")
         with warnings.catch_warnings():
             # Reading in one process, without a process group, is exactly the intent here.
             warnings.filterwarnings("ignore", message="torch.distributed is unavailable or uninitialized")
-            state = _load_state_dict_from_keys(keys={"state_dict"}, checkpoint_id=str(checkpoint))["state_dict"]
+            state = _load_state_dict_from_keys(keys={"state_dict"}, checkpoint_id=str(checkpoint))
     elif checkpoint.is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
     else:
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
-    weights = {key[len(MODEL_PREFIX) :]: value for key, value in state.items() if key.startswith(MODEL_PREFIX)}
+    if "state_dict" not in state:
+        raise ValueError(f"{checkpoint} is not a Lightning checkpoint (no state_dict)")
+    weights = {key[len(MODEL_PREFIX) :]: value for key, value in state["state_dict"].items() if key.startswith(MODEL_PREFIX)}
     if not weights:
         raise ValueError(f"{checkpoint} holds no MiniVLM weights (no key starts with {MODEL_PREFIX!r})")
-    return weights
+    progress = {key: int(state[key]) for key in ("global_step", "epoch") if key in state}
+    return weights, progress
 
 
 def build_module(config: Path) -> MiniVLMModule:
@@ -71,7 +74,7 @@ def build_module(config: Path) -> MiniVLMModule:
 
 def consolidate(checkpoint: Path, output: Path, recipe: Path | None = None) -> Path:
     """Writes the model directory of a training checkpoint (config.json, model.safetensors,
-    tokenizer and processor files); returns its path.
+    tokenizer and processor files, recipe and model card), LoRA adapters merged; returns its path.
 
     Args:
         checkpoint: a `.ckpt` file, or a sharded checkpoint directory written by FSDP2.
@@ -79,14 +82,7 @@ def consolidate(checkpoint: Path, output: Path, recipe: Path | None = None) -> P
         recipe: the run's recipe; by default the `config.yaml` that `minivlm fit` saved
             in the run's log directory, found above the checkpoint.
     """
-    checkpoint, output = Path(checkpoint), Path(output)
-    recipe = Path(recipe) if recipe is not None else find_config(checkpoint)
-    weights = read_model_weights(checkpoint)
-    module = build_module(recipe)
-    module.model.load_state_dict(weights, strict=True, assign=True)
-    for part in PARTS:
-        if module.stage.of(part).mode == "lora":
-            merge_lora(module.part(part))
-    module.model.processor = module.processor
-    module.model.save_pretrained(output)
-    return output
+    from minivlm.training.checkpoint import export_checkpoint  # it reads checkpoints with this module
+
+    export_checkpoint(checkpoint, output, recipe, merge_lora=None)
+    return Path(output)
