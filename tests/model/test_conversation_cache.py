@@ -122,3 +122,23 @@ def test_a_token_fused_differently_is_not_served_from_the_cache(model):
     cached = conversation.generate(changed, **kwargs)
     assert conversation.reused_tokens == 5
     assert_same(cached, generate(model, changed, **kwargs))
+
+
+def test_chat_session_answers_later_turns_from_the_cache(model, tmp_path):
+    import os
+
+    from PIL import Image
+
+    from minivlm.chat import ChatSession
+
+    path = tmp_path / "image.png"
+    Image.fromarray(image(6)).save(path)
+    session = ChatSession(model, max_new_tokens=4, out=open(os.devnull, "w"))
+    session.add_image(path)
+    session.ask(QUESTIONS[0])
+    turns = [*session.turns, Turn("user", QUESTIONS[1])]
+    answer = session.ask(QUESTIONS[1])
+    assert session.conversation.reused_tokens > 0
+    batch = model.processor([turns], [[str(path)]], add_generation_prompt=True)
+    reference = model.generate(batch, max_new_tokens=4, eos_token_id=model.processor.eos_token_id)
+    assert answer == model.processor.decode(reference[0])
