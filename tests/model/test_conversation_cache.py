@@ -142,3 +142,15 @@ def test_chat_session_answers_later_turns_from_the_cache(model, tmp_path):
     batch = model.processor([turns], [[str(path)]], add_generation_prompt=True)
     reference = model.generate(batch, max_new_tokens=4, eos_token_id=model.processor.eos_token_id)
     assert answer == model.processor.decode(reference[0])
+
+
+def test_efficiency_page_example_reuses_the_cache(capsys):
+    import re
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "efficiency.md"
+    namespace: dict = {}
+    for block in re.findall(r"```python\n(.*?)```", page.read_text(), re.S):
+        exec(compile(block, "docs/efficiency.md", "exec"), namespace)
+    reused, total = map(int, re.match(r"(\d+) of (\d+) prompt ids", capsys.readouterr().out).groups())
+    assert 0 < reused < total and reused == namespace["chat"].reused_tokens
