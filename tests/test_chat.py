@@ -177,9 +177,9 @@ def test_video_and_images_reach_the_model_in_tag_order(exported, tmp_path, monke
             container.mux(packet)
     model = MiniVLM.from_pretrained(exported / "model")
     seen = []
-    generate = model.generate
-    monkeypatch.setattr(model, "generate", lambda batch, **kw: seen.append(batch) or generate(batch, **kw))
     session = ChatSession(model, max_new_tokens=2, out=open(os.devnull, "w"))
+    generate = session.conversation.generate
+    monkeypatch.setattr(session.conversation, "generate", lambda batch, **kw: seen.append(batch) or generate(batch, **kw))
     session.add_video(path)
     session.add_image(exported / "red.png")
     session.ask(COLOUR)

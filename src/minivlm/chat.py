@@ -14,6 +14,7 @@ from typing import TextIO
 
 import torch
 
+from minivlm.model.conversation import CachedConversation
 from minivlm.model.vlm import MiniVLM
 from minivlm.processing.processor import IMAGE_TAG, VIDEO_TAG, Media, Processor
 from minivlm.processing.templates import Turn
@@ -75,6 +76,8 @@ class ChatSession:
         self.top_p = top_p
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
         self.out = out
+        # Later turns on the same image reuse the earlier turns' work (see minivlm.model.conversation).
+        self.conversation = CachedConversation(model)
         self.reset()
 
     def reset(self) -> None:
@@ -82,6 +85,7 @@ class ChatSession:
         self.turns: list[Turn] = []
         self.media: list[Media] = []
         self.pending: list[tuple[str, Media]] = []
+        self.conversation.reset()
 
     def add_image(self, path: str | Path) -> None:
         if not Path(path).is_file():
@@ -101,7 +105,7 @@ class ChatSession:
         device = next(self.model.parameters()).device
         batch = self.processor([turns], [media], add_generation_prompt=True).to(device)
         streamer = TextStreamer(self.processor, self.out)
-        tokens = self.model.generate(
+        tokens = self.conversation.generate(
             batch,
             max_new_tokens=self.max_new_tokens,
             eos_token_id=self.processor.eos_token_id,
@@ -110,7 +114,7 @@ class ChatSession:
             top_p=self.top_p,
             generator=self.generator,
             streamer=streamer,
-        )
+        ).tokens
         answer = self.processor.decode(tokens[0])
         self.turns = [*turns, Turn("assistant", answer)]
         self.media = media
