@@ -61,7 +61,7 @@ def adamw_implementation(params: list[torch.Tensor]) -> dict[str, bool]:
 
     torch only picks `foreach` by itself on CUDA and never picks `fused`; on CPU its default is
     the per-parameter loop. DTensors get `foreach`: their sharding rules cover the fused ops, but
-    that path is not exercised here, and `foreach` is the documented default under FSDP2."""
+    that path is not exercised here, and `foreach` is what torch itself picks for DTensors on CUDA."""
     device_types = {p.device.type for p in params}
     plain = all(type(p) in (torch.Tensor, nn.Parameter) and torch.is_floating_point(p) for p in params)
     if plain and len(device_types) == 1 and device_types <= set(_get_fused_kernels_supported_devices()):
