@@ -5,7 +5,6 @@ import copy
 import pytest
 import torch
 from torch import nn
-
 from torch.optim.lr_scheduler import LambdaLR
 
 from minivlm.training import optim
