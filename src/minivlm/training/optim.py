@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from minivlm.training.stages import Part, Stage
 
@@ -53,11 +54,28 @@ def warmup_cosine(step: int, total_steps: int, warmup_ratio: float, min_ratio: f
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def adamw_implementation(params: list[torch.Tensor]) -> dict[str, bool]:
+    """The fastest AdamW kernel that computes the same update as the for-loop one: `fused`
+    when every parameter is a plain floating-point tensor and all share one device type with
+    fused kernels (CPU, CUDA, ...), `foreach` otherwise (FSDP2's DTensors, mixed devices).
+
+    torch only picks `foreach` by itself on CUDA and never picks `fused`; on CPU its default is
+    the per-parameter loop. DTensors get `foreach`: their sharding rules cover the fused ops, but
+    that path is not exercised here, and `foreach` is what torch itself picks for DTensors on CUDA."""
+    device_types = {p.device.type for p in params}
+    plain = all(type(p) in (torch.Tensor, nn.Parameter) and torch.is_floating_point(p) for p in params)
+    if plain and len(device_types) == 1 and device_types <= set(_get_fused_kernels_supported_devices()):
+        return {"fused": True, "foreach": False}
+    return {"fused": False, "foreach": True}
+
+
 def build_optimizer(
     trainable: dict[Part, list[nn.Parameter]], stage: Stage, total_steps: int
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over the per-part groups, with a step-wise warmup + cosine schedule."""
-    optimizer = torch.optim.AdamW([group.as_dict() for group in param_groups(trainable, stage)])
+    """AdamW over the per-part groups (fused or foreach kernel, see `adamw_implementation`),
+    with a step-wise warmup + cosine schedule."""
+    groups = [group.as_dict() for group in param_groups(trainable, stage)]
+    optimizer = torch.optim.AdamW(groups, **adamw_implementation([p for group in groups for p in group["params"]]))
     total = max(1, total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, total, stage.warmup_ratio, stage.min_lr_ratio)
