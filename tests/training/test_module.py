@@ -20,6 +20,7 @@ from minivlm.training.module import MiniVLMModule
 from minivlm.training.optim import build_optimizer
 from minivlm.training.stages import PARTS, PartStage, Stage
 from minivlm.training.table import parts_rows
+from minivlm.processing.templates import Turn
 
 STAGE1 = Stage(projector=PartStage("full", 1e-2))
 STAGE2 = Stage(
@@ -225,3 +226,15 @@ def test_pad_token_is_set_on_the_tokenizer_or_refused_when_unknown():
     assert module.processor.tokenizer.pad_token == "<|end|>"
     with pytest.raises(ValueError, match="pad_token '<PAD>' is not in the vocabulary of shapes"):
         build(STAGE1, pad_token="<PAD>").processor
+
+
+def test_recipe_processor_settings_reach_the_processor():
+    plain = build(STAGE1)
+    module = build(STAGE1, system_prompt="Is there a red circle ?", square="pad")
+    assert module.processor.square == "pad" and plain.processor.square == "resize"
+    assert module.processor.template.system_prompt == "Is there a red circle ?"
+    prompt = module.processor.tokenizer("Is there a red circle ?", add_special_tokens=False)["input_ids"]
+    with_system = module.processor.encode([Turn("user", "<image> Is there a red circle ?"), Turn("assistant", "yes")])
+    without = plain.processor.encode([Turn("user", "<image> Is there a red circle ?"), Turn("assistant", "yes")])
+    assert with_system.input_ids == prompt + without.input_ids
+    assert module.hparams["system_prompt"] == "Is there a red circle ?"

@@ -21,7 +21,8 @@ from minivlm.llms.base import LanguageModel
 from minivlm.model.vlm import MiniVLM
 from minivlm.processing.batch import Batch
 from minivlm.processing.processor import Processor
-from minivlm.processing.templates import get_template
+from minivlm.processing.images import SquareMode
+from minivlm.processing.templates import ChatTemplate, get_template
 from minivlm.projectors.base import Projector
 from minivlm.training.init_from import InitFrom, read_parts
 from minivlm.training.accumulation import TokenNormalisedLoss
@@ -77,6 +78,8 @@ class MiniVLMModule(L.LightningModule):
         tokenizer: str = "shapes",
         pad_token: str | None = None,
         template: str = "shapes",
+        system_prompt: str | None = None,
+        square: SquareMode = "resize",
         max_length: int | None = None,
         hd_grid: int = 1,
         max_new_tokens: int = 16,
@@ -103,6 +106,8 @@ class MiniVLMModule(L.LightningModule):
                 "tokenizer": tokenizer,
                 "pad_token": pad_token,
                 "template": template,
+                "system_prompt": system_prompt,
+                "square": square,
                 "max_length": max_length,
                 "hd_grid": hd_grid,
                 "max_new_tokens": max_new_tokens,
@@ -118,6 +123,8 @@ class MiniVLMModule(L.LightningModule):
         self.tokenizer_name = tokenizer
         self.pad_token = pad_token
         self.template_name = template
+        self.system_prompt = system_prompt
+        self.square = square
         self.max_length = max_length
         self.hd_grid = hd_grid
         self.max_new_tokens = max_new_tokens
@@ -137,6 +144,12 @@ class MiniVLMModule(L.LightningModule):
     def part(self, name: Part) -> nn.Module:
         return getattr(self.model, name)
 
+    def _template(self, tokenizer: PreTrainedTokenizerBase) -> ChatTemplate:
+        """The recipe's chat template, with its system prompt replaced when the recipe gives one."""
+        if self.system_prompt is None:
+            return get_template(self.template_name, tokenizer=tokenizer)
+        return get_template(self.template_name, tokenizer=tokenizer, system_prompt=self.system_prompt)
+
     @property
     def processor(self) -> Processor:
         """The Processor for this model, built (tokenizer loaded) on first use."""
@@ -153,8 +166,8 @@ class MiniVLMModule(L.LightningModule):
                 )
             tokens = self.model.tokens_per_image if self.hd_grid == 1 else self.model.tokens_per_hd_image(self.hd_grid)
             self._processor = Processor(
-                tokenizer, get_template(self.template_name, tokenizer=tokenizer), self.model.encoder.image_spec, tokens,
-                self.max_length, hd_grid=self.hd_grid, tokens_per_frame=self.model.tokens_per_image,
+                tokenizer, self._template(tokenizer), self.model.encoder.image_spec, tokens,
+                self.max_length, hd_grid=self.hd_grid, tokens_per_frame=self.model.tokens_per_image, square=self.square,
             )
             self.model.processor = self._processor
         return self._processor
