@@ -14,6 +14,8 @@ from minivlm.data.scenes import (
     EMPTY,
     GRID,
     NUMBER_WORDS,
+    OBJECT_KINDS,
+    POSITION_KINDS,
     SHAPES,
     ScenesTask,
     build_scenes_tokenizer,
@@ -30,9 +32,9 @@ def task() -> ScenesTask:
     return ScenesTask(seed=0)
 
 
-def read_cell(image: np.ndarray, row: int, col: int) -> tuple[str, str] | None:
-    """(colour, shape) of a cell read from pixels alone: colour at the centre, shape by filled area."""
-    cell = image.shape[0] // GRID
+def read_cell(image: np.ndarray, row: int, col: int, grid: int = GRID) -> tuple[str, str] | None:
+    """(colour, shape) of a cell read from pixels alone (8 px cells): colour at the centre, shape by filled area."""
+    cell = image.shape[0] // grid
     patch = image[row * cell : (row + 1) * cell, col * cell : (col + 1) * cell]
     filled = patch.any(axis=2)
     if not filled.any():
@@ -143,3 +145,59 @@ def test_dataset_records(task):
     assert np.array_equal(images[0], sample.image)
     prompts = ScenesDataset(task, "val", 4, prompts_only=True)
     assert len(prompts) == 4 and len(prompts[1][0]) == 1
+
+
+def test_small_grids_render_one_cell_per_patch_and_answer_from_the_pixels():
+    task = ScenesTask(image_size=32, seed=0, grid=4, kinds=("colour_at", "shape_at"))
+    words = {word: i for i, word in enumerate(NUMBER_WORDS)}
+    kinds = Counter()
+    for index in range(200):
+        s = task.sample(index)
+        assert s.image.shape == (32, 32, 3) and s.layout.shape == (4, 4)
+        (row, col), = [(words[r] - 1, words[c] - 1) for r, c in CELL_RE.findall(s.question)]
+        assert 0 <= row < 4 and 0 <= col < 4
+        colour, shape = read_cell(s.image, row, col, grid=4)
+        assert s.answer == (colour if s.kind == "colour_at" else shape)
+        kinds[s.kind] += 1
+    assert set(kinds) == {"colour_at", "shape_at"} and min(kinds.values()) > 60
+
+
+def test_distinct_scenes_hold_one_object_per_colour_and_object_questions_read_it():
+    task = ScenesTask(seed=0, kinds=OBJECT_KINDS, scene="distinct")
+    kinds = Counter()
+    for index in range(300):
+        s = task.sample(index)
+        colours = [code // len(SHAPES) for code in s.layout.flat if code != EMPTY]
+        assert 2 <= len(colours) <= len(COLOURS) and len(set(colours)) == len(colours)
+        colour = re.search(r"the (\w+) object", s.question).group(1)
+        (row,), (col,) = np.nonzero(
+            [[(found := read_cell(s.image, r, c)) is not None and found[0] == colour for c in range(GRID)] for r in range(GRID)]
+        )
+        expected = {"shape_of": read_cell(s.image, row, col)[1], "row_of": NUMBER_WORDS[row + 1], "col_of": NUMBER_WORDS[col + 1]}
+        assert s.answer == expected[s.kind]
+        kinds[s.kind] += 1
+    assert set(kinds) == set(OBJECT_KINDS) and min(kinds.values()) > 60
+
+
+def test_default_task_is_unchanged_by_the_new_options(task):
+    explicit = ScenesTask(seed=0, grid=GRID, kinds=POSITION_KINDS, scene="crowded")
+    for i in range(10):
+        a, b = task.sample(i), explicit.sample(i)
+        assert a.image.tobytes() == b.image.tobytes() and (a.question, a.answer) == (b.question, b.answer)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(kinds=("row_of",)), "needs scene='distinct'"),
+        (dict(kinds=("colour_of_the_sky",)), "unknown"),
+        (dict(kinds=()), "non-empty"),
+        (dict(grid=9), "grid must be between 2 and 8"),
+        (dict(image_size=30, grid=4), "multiple of grid=4"),
+        (dict(scene="sparse"), "scene must be"),
+        (dict(occupancy=0.0), "occupancy"),
+    ],
+)
+def test_bad_task_options_fail_before_any_sample(options, message):
+    with pytest.raises(ValueError, match=message):
+        ScenesTask(**options)

@@ -40,8 +40,16 @@ QUESTION_TEMPLATES = {
     "shape_at": "What shape is in row {row} column {col} ?",
     "count_row": "How many {colour} shapes are in row {row} ?",
     "same_colour": "Do row {row} column {col} and row {row2} column {col2} have the same colour ?",
+    "shape_of": "What shape is the {colour} object ?",
+    "row_of": "Which row is the {colour} object in ?",
+    "col_of": "Which column is the {colour} object in ?",
 }
 KINDS = tuple(QUESTION_TEMPLATES)
+# Questions that name a cell, asked of any scene.
+POSITION_KINDS = ("colour_at", "shape_at", "count_row", "same_colour")
+# Questions that name an object by its colour, asked of "distinct" scenes (one object per colour).
+OBJECT_KINDS = ("shape_of", "row_of", "col_of")
+Scene = Literal["crowded", "distinct"]
 OCCUPANCY = 0.5
 SHAPE_FRACTION = 0.75  # shape side / cell side
 Split = Literal["train", "val", "test"]
@@ -76,12 +84,38 @@ class ScenesTask:
     `split`; a split's samples are `sample(i)` for those indices.
     """
 
-    def __init__(self, image_size: int = 64, seed: int = 0) -> None:
-        if image_size % GRID or image_size < 4 * GRID:
-            raise ValueError(f"image_size must be a multiple of {GRID} and >= {4 * GRID}, got {image_size}")
+    def __init__(
+        self,
+        image_size: int = 64,
+        seed: int = 0,
+        grid: int = GRID,
+        kinds: tuple[str, ...] = POSITION_KINDS,
+        occupancy: float = OCCUPANCY,
+        scene: Scene = "crowded",
+    ) -> None:
+        if not 2 <= grid <= len(NUMBER_WORDS) - 1:
+            raise ValueError(f"grid must be between 2 and {len(NUMBER_WORDS) - 1} (positions are number words), got {grid}")
+        if image_size % grid or image_size < 4 * grid:
+            raise ValueError(f"image_size must be a multiple of grid={grid} and >= {4 * grid}, got {image_size}")
+        unknown = sorted(set(kinds) - set(KINDS))
+        if not kinds or unknown:
+            raise ValueError(f"kinds must be a non-empty subset of {', '.join(KINDS)}; unknown: {unknown}")
+        if not 0 < occupancy <= 1:
+            raise ValueError(f"occupancy must be in (0, 1], got {occupancy}")
+        if scene not in ("crowded", "distinct"):
+            raise ValueError(f"scene must be 'crowded' or 'distinct', got {scene!r}")
+        if scene == "crowded" and set(kinds) & set(OBJECT_KINDS):
+            raise ValueError(
+                f"{', '.join(sorted(set(kinds) & set(OBJECT_KINDS)))} name an object by its colour, which needs "
+                "scene='distinct' (one object per colour)"
+            )
         self.image_size = image_size
         self.seed = seed
-        cell = image_size // GRID
+        self.grid = grid
+        self.kinds = tuple(kinds)
+        self.occupancy = occupancy
+        self.scene = scene
+        cell = image_size // grid
         coords = np.arange(cell) + 0.5 - cell / 2  # pixel centres relative to the cell centre
         ys, xs = np.meshgrid(coords, coords, indexing="ij")
         half = SHAPE_FRACTION * cell / 2
@@ -99,12 +133,21 @@ class ScenesTask:
         return np.random.default_rng(np.random.SeedSequence([self.seed, index]))
 
     def layout(self, index: int, rng: np.random.Generator | None = None) -> np.ndarray:
-        """The (GRID, GRID) cell codes of scene `index` (at least two occupied cells)."""
+        """The (grid, grid) cell codes of scene `index`: crowded (each cell occupied with
+        probability `occupancy`, at least two) or distinct (2 to 5 objects, each of its own colour)."""
         rng = rng if rng is not None else self._rng(index)
-        codes = rng.integers(len(COLOURS) * len(SHAPES), size=(GRID, GRID))
-        occupied = rng.random((GRID, GRID)) < OCCUPANCY
+        shape = (self.grid, self.grid)
+        if self.scene == "distinct":
+            count = int(rng.integers(2, len(COLOURS) + 1))
+            layout = np.full(shape, EMPTY)
+            cells = rng.choice(self.grid * self.grid, size=count, replace=False)
+            colours = rng.permutation(len(COLOURS))[:count]
+            layout.flat[cells] = colours * len(SHAPES) + rng.integers(len(SHAPES), size=count)
+            return layout
+        codes = rng.integers(len(COLOURS) * len(SHAPES), size=shape)
+        occupied = rng.random(shape) < self.occupancy
         while occupied.sum() < 2:
-            occupied = rng.random((GRID, GRID)) < OCCUPANCY
+            occupied = rng.random(shape) < self.occupancy
         return np.where(occupied, codes, EMPTY)
 
     def indices(self, split: Split, count: int) -> list[int]:
@@ -122,13 +165,13 @@ class ScenesTask:
     def sample(self, index: int) -> SceneSample:
         rng = self._rng(index)
         layout = self.layout(index, rng)
-        kind = KINDS[rng.integers(len(KINDS))]
+        kind = self.kinds[rng.integers(len(self.kinds))]
         question, answer = _ask(kind, layout, rng)
         return SceneSample(self.render(layout), question, answer, kind, layout)
 
     def render(self, layout: np.ndarray) -> np.ndarray:
         """The (S, S, 3) uint8 image of a layout: shapes on black, one per occupied cell."""
-        cell = self.image_size // GRID
+        cell = self.image_size // self.grid
         image = np.zeros((self.image_size, self.image_size, 3), dtype=np.uint8)
         for row, col in zip(*np.nonzero(layout != EMPTY)):
             colour, shape = divmod(int(layout[row, col]), len(SHAPES))
@@ -163,13 +206,18 @@ def _ask(kind: str, layout: np.ndarray, rng: np.random.Generator) -> tuple[str, 
     """Draw a question of `kind` about `layout` and compute its answer."""
     template = QUESTION_TEMPLATES[kind]
     occupied = np.argwhere(layout != EMPTY)
+    if kind in OBJECT_KINDS:
+        row, col = occupied[rng.integers(len(occupied))]
+        colour, shape = divmod(int(layout[row, col]), len(SHAPES))
+        answer = {"shape_of": SHAPES[shape], "row_of": NUMBER_WORDS[row + 1], "col_of": NUMBER_WORDS[col + 1]}[kind]
+        return template.format(colour=COLOURS[colour]), answer
     if kind in ("colour_at", "shape_at"):
         row, col = occupied[rng.integers(len(occupied))]
         colour, shape = divmod(int(layout[row, col]), len(SHAPES))
         answer = COLOURS[colour] if kind == "colour_at" else SHAPES[shape]
         return template.format(**_cell_name(row, col)), answer
     if kind == "count_row":
-        row = int(rng.integers(GRID))
+        row = int(rng.integers(len(layout)))
         colours = [divmod(int(code), len(SHAPES))[0] for code in layout[row] if code != EMPTY]
         # Mostly ask about a colour the row holds, otherwise "zero" dominates the answers.
         if colours and rng.random() < 0.75:

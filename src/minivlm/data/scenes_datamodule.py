@@ -6,7 +6,7 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from minivlm.data.datamodule import Collate, Record
-from minivlm.data.scenes import ScenesTask, Split
+from minivlm.data.scenes import GRID, OCCUPANCY, POSITION_KINDS, Scene, ScenesTask, Split
 from minivlm.processing.processor import Processor
 from minivlm.processing.templates import Turn
 
@@ -48,9 +48,13 @@ class ScenesDataModule(L.LightningDataModule):
         seed: int = 0,
         batch_size: int = 32,
         num_workers: int = 0,
+        grid: int = GRID,
+        kinds: tuple[str, ...] = POSITION_KINDS,
+        occupancy: float = OCCUPANCY,
+        scene: Scene = "crowded",
     ) -> None:
         super().__init__()
-        self.task = ScenesTask(image_size, seed)
+        self.task = ScenesTask(image_size, seed, grid, kinds, occupancy, scene)
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
         self.batch_size = batch_size
         self.num_workers = num_workers
