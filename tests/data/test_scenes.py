@@ -201,3 +201,18 @@ def test_default_task_is_unchanged_by_the_new_options(task):
 def test_bad_task_options_fail_before_any_sample(options, message):
     with pytest.raises(ValueError, match=message):
         ScenesTask(**options)
+
+
+def test_several_questions_per_image_share_the_scene_and_start_with_sample(task):
+    many = task.samples(7, 6)
+    assert (many[0].question, many[0].answer) == (task.sample(7).question, task.sample(7).answer)
+    assert all(np.array_equal(s.image, many[0].image) for s in many)
+    assert len({s.question for s in many}) > 1
+    dataset = ScenesDataset(task, "train", 3, questions_per_image=6)
+    turns, images = dataset[2]
+    expected = task.samples(dataset.indices[2], 6)
+    assert [t.role for t in turns] == ["user", "assistant"] * 6 and len(images) == 1
+    assert turns[0].text == f"<image> {expected[0].question}" and turns[2].text == expected[1].question
+    assert [t.text for t in turns[1::2]] == [s.answer for s in expected]
+    with pytest.raises(ValueError, match="questions_per_image"):
+        ScenesDataset(task, "test", 3, prompts_only=True, questions_per_image=2)

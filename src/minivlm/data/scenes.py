@@ -163,11 +163,21 @@ class ScenesTask:
         return found[:count]
 
     def sample(self, index: int) -> SceneSample:
+        return self.samples(index, 1)[0]
+
+    def samples(self, index: int, count: int) -> list[SceneSample]:
+        """`count` questions about scene `index` (one image); the first is `sample(index)`."""
+        if count < 1:
+            raise ValueError(f"count must be >= 1, got {count}")
         rng = self._rng(index)
         layout = self.layout(index, rng)
-        kind = self.kinds[rng.integers(len(self.kinds))]
-        question, answer = _ask(kind, layout, rng)
-        return SceneSample(self.render(layout), question, answer, kind, layout)
+        image = self.render(layout)
+        found = []
+        for _ in range(count):
+            kind = self.kinds[rng.integers(len(self.kinds))]
+            question, answer = _ask(kind, layout, rng)
+            found.append(SceneSample(image, question, answer, kind, layout))
+        return found
 
     def render(self, layout: np.ndarray) -> np.ndarray:
         """The (S, S, 3) uint8 image of a layout: shapes on black, one per occupied cell."""

@@ -12,24 +12,33 @@ from minivlm.processing.templates import Turn
 
 
 class ScenesDataset(Dataset):
-    """The first `size` samples of one split as one-turn conversations with one image each;
-    with `prompts_only` the answers are left out (for generation)."""
+    """The first `size` scenes of one split as conversations with one image each, of
+    `questions_per_image` question-answer turns; with `prompts_only` one question and no
+    answer (for generation)."""
 
-    def __init__(self, task: ScenesTask, split: Split, size: int, prompts_only: bool = False) -> None:
+    def __init__(
+        self, task: ScenesTask, split: Split, size: int, prompts_only: bool = False, questions_per_image: int = 1
+    ) -> None:
+        if questions_per_image < 1 or (prompts_only and questions_per_image != 1):
+            raise ValueError(f"questions_per_image must be >= 1 (1 with prompts_only), got {questions_per_image}")
         self.task = task
         self.split = split
         self.indices = task.indices(split, size)
         self.prompts_only = prompts_only
+        self.questions_per_image = questions_per_image
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, index: int) -> Record:
-        sample = self.task.sample(self.indices[index])
-        turns = [Turn("user", f"<image> {sample.question}")]
-        if not self.prompts_only:
+        samples = self.task.samples(self.indices[index], self.questions_per_image)
+        if self.prompts_only:
+            return [Turn("user", f"<image> {samples[0].question}")], [samples[0].image]
+        turns = []
+        for number, sample in enumerate(samples):
+            turns.append(Turn("user", f"<image> {sample.question}" if number == 0 else sample.question))
             turns.append(Turn("assistant", sample.answer))
-        return turns, [sample.image]
+        return turns, [samples[0].image]
 
 
 class ScenesDataModule(L.LightningDataModule):
@@ -52,8 +61,10 @@ class ScenesDataModule(L.LightningDataModule):
         kinds: tuple[str, ...] = POSITION_KINDS,
         occupancy: float = OCCUPANCY,
         scene: Scene = "crowded",
+        questions_per_image: int = 1,
     ) -> None:
         super().__init__()
+        self.questions_per_image = questions_per_image
         self.task = ScenesTask(image_size, seed, grid, kinds, occupancy, scene)
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
         self.batch_size = batch_size
@@ -70,7 +81,9 @@ class ScenesDataModule(L.LightningDataModule):
         if self.processor is None:
             raise RuntimeError("ScenesDataModule.setup() has not run")
         return DataLoader(
-            ScenesDataset(self.task, split, self.sizes[split], prompts_only),
+            ScenesDataset(
+                self.task, split, self.sizes[split], prompts_only, 1 if prompts_only else self.questions_per_image
+            ),
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
