@@ -78,7 +78,9 @@ def splice_media(
         boundaries.index_put_((ph_rows, first + width[ph_rows, ph_cols]), -ones, accumulate=True)
     media_mask = boundaries.cumsum(dim=1)[:, :t] > 0
     if num_items:
-        embeds = embeds.masked_scatter(media_mask[..., None].to(embeds.device), media_tokens.to(embeds.dtype))
+        # In place: `embeds` is this function's own tensor, and a second (B, T, D) copy would be a
+        # second copy of every media token (10,800 video frames' worth, say) at the peak.
+        embeds.masked_scatter_(media_mask[..., None].to(embeds.device), media_tokens.to(embeds.dtype))
 
     out_mask = torch.arange(t, device=device)[None, :] < lengths[:, None]
     out_labels = None
