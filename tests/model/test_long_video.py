@@ -126,7 +126,8 @@ def test_frames_are_decoded_chunk_by_chunk_while_they_are_encoded(clips, monkeyp
     monkeypatch.setattr(VideoFrames, "take", spy_take)
     monkeypatch.setattr(VideoFile, "decode", spy_decode)
     model.encoder.register_forward_pre_hook(lambda m, args: events.append(("encode", args[0].shape[0])))
-    batch = processor([ask("<video>"), ask("<video>", "Is there a blue square ?")], [[open_video(p)] for p in clips[:2]], True)
+    conversations = [ask("<video>"), ask("<video>", "Is there a blue square ?")]
+    batch = processor(conversations, [[open_video(p)] for p in clips[:2]], add_generation_prompt=True)
     assert events == [] and opened == []  # the processor decodes nothing
     with torch.no_grad():
         model.assemble(batch)
@@ -155,7 +156,8 @@ def test_no_chunk_output_outlives_the_next_chunk(clips):
         alive.append([weakref.ref(t._base if t._base is not None else t) for t in out])
 
     model.prefusion.register_forward_hook(on_prefusion)
-    batch = processor([ask("<video>"), ask("<video>", "Is there a blue square ?")], [[open_video(p)] for p in clips[:2]], True)
+    conversations = [ask("<video>"), ask("<video>", "Is there a blue square ?")]
+    batch = processor(conversations, [[open_video(p)] for p in clips[:2]], add_generation_prompt=True)
     with torch.no_grad():
         model.assemble(batch)
     assert len(alive) == 7 + 5 and leaks == []
@@ -191,3 +193,17 @@ def test_video_file_errors_are_named(clips, tmp_path):
     processor = shapes_processor(tiny_vlm())
     with pytest.raises(SampleError, match="<image> got a VideoFile"):
         processor([ask("<image>")], [[open_video(clips[2])]], add_generation_prompt=True)
+
+
+def test_media_page_long_video_example_streams_the_file():
+    from test_docs import run_python_blocks
+
+    ns = run_python_blocks("media.md")
+    model = tiny_vlm(frames_per_chunk=16).eval()
+    processor = shapes_processor(model)
+    assert len(ns["long_video"]) == 40
+    lazy = processor(ns["prompt"], [[ns["long_video"]]], add_generation_prompt=True)
+    eager = processor(ns["prompt"], [[load_video(ns["clip"], max_frames=20_000)]], add_generation_prompt=True)
+    assert isinstance(lazy.pixel_values, LazyPixels)
+    with torch.no_grad():
+        assert torch.allclose(model.assemble(lazy).embeds, model.assemble(eager).embeds, atol=1e-6)

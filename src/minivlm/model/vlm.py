@@ -21,7 +21,7 @@ from minivlm.model import generation, pretrained
 from minivlm.model.generation import TokenStreamer
 from minivlm.model.weights import DEFAULT_MAX_SHARD_SIZE, empty_parameters, load_weights, save_weights
 from minivlm.model.loss import next_token_loss
-from minivlm.model.inputs import LLMInputs, splice_media, stitch_tiles
+from minivlm.model.inputs import LLMInputs, splice_layout, splice_media, stitch_tiles
 from minivlm.processing.processor import PROCESSOR_FILE, Processor
 from minivlm.projectors.base import Projector
 
@@ -189,7 +189,8 @@ class MiniVLM(nn.Module):
         of `frames_per_chunk`; a chunk's pixels are read (decoded, for `LazyPixels`) just
         before it is encoded. A sample's fused text is the mean over its units (video
         frames, or several images) of each unit's fused text. Of a chunk, only each unit's
-        K tokens outlive it, copied into one buffer of every unit's tokens in unit order.
+        K tokens outlive it, copied straight into the LLM input (so a long video's tokens
+        exist once, there).
         """
         # Placeholder and padding ids are not vocabulary entries; embed a valid id there and never use it.
         text = self.llm.embed(batch.input_ids.clamp(min=0))
@@ -199,15 +200,20 @@ class MiniVLM(nn.Module):
         pixels = batch.pixel_values
         if isinstance(pixels, torch.Tensor):
             pixels = pixels.to(self._encoder_weight.device)
-        # Rows of each unit's tokens in the buffer, from the token count of its grid.
-        unit_rows = [0] * plan.num_units
+        # Each unit's token count (from its grid) fixes the output layout before anything is encoded,
+        # so every chunk's tokens go straight to their place in the LLM input.
+        unit_tokens = [0] * plan.num_units
         for tiles, units in plan.groups.items():
             for unit in units:
-                unit_rows[unit.index] = self.tokens_per_hd_image(tiles) if tiles > 1 else self.tokens_per_image
+                unit_tokens[unit.index] = self.tokens_per_hd_image(tiles) if tiles > 1 else self.tokens_per_image
         starts = [0]
-        for count in unit_rows:
+        for count in unit_tokens:
             starts.append(starts[-1] + count)
-        tokens: torch.Tensor | None = None
+        tokens_per_item = torch.tensor(
+            [sum(unit_tokens[u] for u in item) for item in plan.items], dtype=torch.long, device=batch.input_ids.device
+        )
+        layout = splice_layout(batch.input_ids, batch.attention_mask, tokens_per_item, batch.labels)
+        embeds = layout.new_embeds(text)
         fused_sum = torch.zeros_like(text)
         fused_count = torch.zeros(text.shape[0], dtype=text.dtype, device=text.device)
         for tiles, units in plan.groups.items():
@@ -219,28 +225,21 @@ class MiniVLM(nn.Module):
                     text[rows],
                     batch.prefusion_mask[rows].to(text.device),
                 )
-                if chunk_tokens.shape[1] != unit_rows[chunk[0].index]:
+                if chunk_tokens.shape[1] != unit_tokens[chunk[0].index]:
                     raise RuntimeError(
                         f"{type(self.compressor).__name__} gave {chunk_tokens.shape[1]} tokens per unit, "
-                        f"its tokens_for_grid says {unit_rows[chunk[0].index]}"
+                        f"its tokens_for_grid says {unit_tokens[chunk[0].index]}"
                     )
-                if tokens is None:
-                    tokens = chunk_tokens.new_empty(starts[-1], chunk_tokens.shape[-1])
-                where = torch.tensor(
-                    [r for u in chunk for r in range(starts[u.index], starts[u.index + 1])], device=tokens.device
-                )
-                tokens.index_copy_(0, where, chunk_tokens.flatten(0, 1))
+                where = torch.tensor([i for u in chunk for i in range(starts[u.index], starts[u.index + 1])])
+                layout.place_media(embeds, chunk_tokens.flatten(0, 1), where)
                 rows = rows.to(text.device)
                 fused_sum = fused_sum.index_add(0, rows, fused_text.to(text.dtype))
                 fused_count = fused_count.index_add(0, rows, torch.ones_like(rows, dtype=text.dtype))
         fused = fused_sum / fused_count.clamp(min=1)[:, None, None]
         # Only fused prompt slots of samples with media change; everything else stays bit-exact.
         keep_fused = batch.prefusion_mask.to(text.device) & (fused_count > 0)[:, None]
-        text = torch.where(keep_fused[..., None], fused, text)
-        tokens_per_item = torch.tensor(
-            [sum(unit_rows[u] for u in item) for item in plan.items], dtype=torch.long, device=batch.input_ids.device
-        )
-        return splice_media(text, batch.input_ids, batch.attention_mask, tokens, tokens_per_item, batch.labels)
+        layout.place_text(embeds, torch.where(keep_fused[..., None], fused, text))
+        return layout.inputs(embeds)
 
     def _fuse_chunk(
         self, pixels: torch.Tensor, tiles: int, text: torch.Tensor, fuse_mask: torch.Tensor

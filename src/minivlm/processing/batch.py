@@ -42,7 +42,8 @@ class LazyPixels:
             raise ValueError("LazyPixels needs at least one segment")
         for segment in segments:
             if isinstance(segment, torch.Tensor) and (segment.ndim != 4 or segment.dtype != torch.uint8):
-                raise ValueError(f"LazyPixels tensors must be (P, 3, S, S) uint8, got {tuple(segment.shape)} {segment.dtype}")
+                shape = tuple(segment.shape)
+                raise ValueError(f"LazyPixels tensors must be (P, 3, S, S) uint8, got {shape} {segment.dtype}")
         self.segments = list(segments)
         self._starts = [0]
         for segment in self.segments:
