@@ -24,33 +24,65 @@ class LLMInputs:
     media_mask: torch.Tensor
 
 
-def splice_media(
-    text_embeds: torch.Tensor,
+@dataclass
+class SpliceLayout:
+    """Where everything goes in the spliced LLM sequence (B, T), before any embedding is placed.
+
+    `text_from` (rows, cols) are the input positions of text tokens and `text_to` (rows, cols)
+    their output positions; `media_to` (rows, cols) are the output positions of the media
+    tokens, in the order the items' tokens come (row-major). The masks and labels are final.
+    """
+
+    length: int
+    text_from: tuple[torch.Tensor, torch.Tensor]
+    text_to: tuple[torch.Tensor, torch.Tensor]
+    media_to: tuple[torch.Tensor, torch.Tensor]
+    attention_mask: torch.Tensor
+    media_mask: torch.Tensor
+    labels: torch.Tensor | None
+
+    def new_embeds(self, like: torch.Tensor) -> torch.Tensor:
+        """Zeros (B, T, D) in `like`'s dtype and device (`like` is (B, L, D) text embeddings)."""
+        return like.new_zeros(like.shape[0], self.length, like.shape[-1])
+
+    def place_text(self, embeds: torch.Tensor, text_embeds: torch.Tensor) -> None:
+        """Writes the text tokens of `text_embeds` (B, L, D) into `embeds` (B, T, D), in place."""
+        rows, cols = self.text_from
+        embeds.index_put_(_on(self.text_to, embeds.device), text_embeds[rows, cols])
+
+    def place_media(self, embeds: torch.Tensor, tokens: torch.Tensor, first: int | torch.Tensor = 0) -> None:
+        """Writes media tokens (S, D) into `embeds` in place: the tokens of media-token index
+        `first` onwards (an int), or at the media-token indices `first` (a long tensor)."""
+        index = first if isinstance(first, torch.Tensor) else torch.arange(first, first + tokens.shape[0])
+        rows, cols = (t[index.to(t.device)] for t in self.media_to)
+        embeds.index_put_(_on((rows, cols), embeds.device), tokens.to(embeds.device, embeds.dtype))
+
+    def inputs(self, embeds: torch.Tensor) -> LLMInputs:
+        """The LLM inputs with `embeds` (B, T, D) filled in."""
+        return LLMInputs(embeds, self.attention_mask, self.labels, self.media_mask)
+
+
+def _on(index: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return index[0].to(device), index[1].to(device)
+
+
+def splice_layout(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
-    media_tokens: torch.Tensor | None,
     tokens_per_item: torch.Tensor | None,
     labels: torch.Tensor | None = None,
-) -> LLMInputs:
-    """Replaces the m-th placeholder (row-major) by `tokens_per_item[m]` rows of `media_tokens`.
-
-    `text_embeds` (B, L, D) are the embeddings of `input_ids` (values at placeholders are
-    ignored); `media_tokens` (S, D) holds every item's tokens back to back, S =
-    tokens_per_item.sum(). Padding (attention_mask False) is dropped and the result is
-    right-padded to the longest sample.
-    """
+) -> SpliceLayout:
+    """The layout of `splice_media`'s output: the m-th placeholder (row-major) becomes
+    `tokens_per_item[m]` media positions, padding (attention_mask False) is dropped, and the
+    result is right-padded to the longest sample."""
     attention_mask = attention_mask.bool()
     is_placeholder = (input_ids == PLACEHOLDER_ID) & attention_mask
     num_placeholders = int(is_placeholder.sum())
     num_items = 0 if tokens_per_item is None else len(tokens_per_item)
     if num_placeholders != num_items:
         raise ValueError(f"input has {num_placeholders} media placeholders but {num_items} media items were encoded")
-    num_tokens = 0 if media_tokens is None else media_tokens.shape[0]
-    wanted = 0 if tokens_per_item is None else int(tokens_per_item.sum())
-    if num_tokens != wanted:
-        raise ValueError(f"media items need {wanted} tokens in total but {num_tokens} media tokens were given")
 
-    b, _, d = text_embeds.shape
+    b = input_ids.shape[0]
     # Bookkeeping lives with the ids (the masks come back on their device); data stays with the embeddings.
     device = input_ids.device
     # Each input position becomes `width` output positions: 1 for text, K for a placeholder, 0 for padding.
@@ -65,8 +97,6 @@ def splice_media(
     is_text = attention_mask & ~is_placeholder
     rows, cols = is_text.nonzero(as_tuple=True)
     dest = start[rows, cols]
-    embeds = text_embeds.new_zeros(b, t, d)
-    embeds = embeds.index_put((rows, dest), text_embeds[rows, cols])
 
     # Mark [start, start + K) of every placeholder with +1/-1 boundaries, then integrate.
     boundaries = torch.zeros(b, t + 1, dtype=torch.long, device=device)
@@ -77,15 +107,49 @@ def splice_media(
         boundaries.index_put_((ph_rows, first), ones, accumulate=True)
         boundaries.index_put_((ph_rows, first + width[ph_rows, ph_cols]), -ones, accumulate=True)
     media_mask = boundaries.cumsum(dim=1)[:, :t] > 0
-    if num_items:
-        embeds = embeds.masked_scatter(media_mask[..., None].to(embeds.device), media_tokens.to(embeds.dtype))
 
     out_mask = torch.arange(t, device=device)[None, :] < lengths[:, None]
     out_labels = None
     if labels is not None:
         out_labels = torch.full((b, t), IGNORE_INDEX, dtype=labels.dtype, device=device)
         out_labels[rows, dest] = labels[rows, cols]
-    return LLMInputs(embeds=embeds, attention_mask=out_mask, labels=out_labels, media_mask=media_mask)
+    return SpliceLayout(
+        length=t,
+        text_from=(rows, cols),
+        text_to=(rows, dest),
+        media_to=media_mask.nonzero(as_tuple=True),
+        attention_mask=out_mask,
+        media_mask=media_mask,
+        labels=out_labels,
+    )
+
+
+def splice_media(
+    text_embeds: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    media_tokens: torch.Tensor | None,
+    tokens_per_item: torch.Tensor | None,
+    labels: torch.Tensor | None = None,
+) -> LLMInputs:
+    """Replaces the m-th placeholder (row-major) by `tokens_per_item[m]` rows of `media_tokens`.
+
+    `text_embeds` (B, L, D) are the embeddings of `input_ids` (values at placeholders are
+    ignored); `media_tokens` (S, D) holds every item's tokens back to back, S =
+    tokens_per_item.sum(). Padding (attention_mask False) is dropped and the result is
+    right-padded to the longest sample. (`MiniVLM.assemble` uses `splice_layout` itself,
+    to write each chunk's tokens straight into the output.)
+    """
+    layout = splice_layout(input_ids, attention_mask, tokens_per_item, labels)
+    num_tokens = 0 if media_tokens is None else media_tokens.shape[0]
+    wanted = 0 if tokens_per_item is None else int(tokens_per_item.sum())
+    if num_tokens != wanted:
+        raise ValueError(f"media items need {wanted} tokens in total but {num_tokens} media tokens were given")
+    embeds = layout.new_embeds(text_embeds)
+    layout.place_text(embeds, text_embeds)
+    if num_tokens:
+        layout.place_media(embeds, media_tokens)
+    return layout.inputs(embeds)
 
 
 def to_left_padding(embeds: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

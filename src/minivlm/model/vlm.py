@@ -15,13 +15,13 @@ from minivlm.compressors.base import Compressor
 from minivlm.encoders.base import VisionEncoder
 from minivlm.fusion.base import PreFusion
 from minivlm.llms.base import LanguageModel
-from minivlm.processing.batch import Batch
+from minivlm.processing.batch import Batch, LazyPixels
 from minivlm.processing.images import normalise_pixels
 from minivlm.model import generation, pretrained
 from minivlm.model.generation import TokenStreamer
 from minivlm.model.weights import DEFAULT_MAX_SHARD_SIZE, empty_parameters, load_weights, save_weights
 from minivlm.model.loss import next_token_loss
-from minivlm.model.inputs import LLMInputs, splice_media, stitch_tiles
+from minivlm.model.inputs import LLMInputs, splice_layout, splice_media, stitch_tiles
 from minivlm.processing.processor import PROCESSOR_FILE, Processor
 from minivlm.projectors.base import Projector
 
@@ -186,48 +186,72 @@ class MiniVLM(nn.Module):
 
         Work is organised in fusion units: one per image, per HD image, per video frame.
         Units of one shape go through encoder, compressor and pre-fusion together, in chunks
-        of `frames_per_chunk`. A sample's fused text is the mean over its units (video
-        frames, or several images) of each unit's fused text.
+        of `frames_per_chunk`; a chunk's pixels are read (decoded, for `LazyPixels`) just
+        before it is encoded. A sample's fused text is the mean over its units (video
+        frames, or several images) of each unit's fused text. Of a chunk, only each unit's
+        K tokens outlive it, copied straight into the LLM input (so a long video's tokens
+        exist once, there).
         """
         # Placeholder and padding ids are not vocabulary entries; embed a valid id there and never use it.
         text = self.llm.embed(batch.input_ids.clamp(min=0))
         if batch.pixel_values is None:
             return splice_media(text, batch.input_ids, batch.attention_mask, None, None, batch.labels)
         plan = _plan_units(batch)
-        pixels = batch.pixel_values.to(self._encoder_weight.device)
-        unit_tokens: list[torch.Tensor | None] = [None] * plan.num_units
+        pixels = batch.pixel_values
+        if isinstance(pixels, torch.Tensor):
+            pixels = pixels.to(self._encoder_weight.device)
+        # Each unit's token count (from its grid) fixes the output layout before anything is encoded,
+        # so every chunk's tokens go straight to their place in the LLM input.
+        unit_tokens = [0] * plan.num_units
+        for tiles, units in plan.groups.items():
+            for unit in units:
+                unit_tokens[unit.index] = self.tokens_per_hd_image(tiles) if tiles > 1 else self.tokens_per_image
+        starts = [0]
+        for count in unit_tokens:
+            starts.append(starts[-1] + count)
+        tokens_per_item = torch.tensor(
+            [sum(unit_tokens[u] for u in item) for item in plan.items], dtype=torch.long, device=batch.input_ids.device
+        )
+        layout = splice_layout(batch.input_ids, batch.attention_mask, tokens_per_item, batch.labels)
+        embeds = layout.new_embeds(text)
         fused_sum = torch.zeros_like(text)
         fused_count = torch.zeros(text.shape[0], dtype=text.dtype, device=text.device)
         for tiles, units in plan.groups.items():
             for chunk in _chunks(units, self.frames_per_chunk):
                 rows = torch.tensor([u.row for u in chunk], device=batch.input_ids.device)
-                passes = torch.tensor([p for u in chunk for p in u.passes], device=pixels.device)
-                vision, compressed = self.encode_media(self.encoder_input(pixels[passes]), hd_tiles=tiles)
-                prefused, fused_text = self.prefusion(
-                    vision if vision is not None else compressed[:, :0],
-                    compressed,
+                chunk_tokens, fused_text = self._fuse_chunk(
+                    _read_passes(pixels, [p for u in chunk for p in u.passes]),
+                    tiles,
                     text[rows],
                     batch.prefusion_mask[rows].to(text.device),
                 )
-                # A copy of just the K tokens per unit, so the unit's whole pre-fusion sequence
-                # is freed after the chunk (at inference; training keeps it for backward anyway).
-                tokens = (prefused if self.vision_tokens == "prefused" else compressed).contiguous()
-                for unit, unit_output in zip(chunk, tokens.unbind(0)):
-                    unit_tokens[unit.index] = unit_output
+                if chunk_tokens.shape[1] != unit_tokens[chunk[0].index]:
+                    raise RuntimeError(
+                        f"{type(self.compressor).__name__} gave {chunk_tokens.shape[1]} tokens per unit, "
+                        f"its tokens_for_grid says {unit_tokens[chunk[0].index]}"
+                    )
+                where = torch.tensor([i for u in chunk for i in range(starts[u.index], starts[u.index + 1])])
+                layout.place_media(embeds, chunk_tokens.flatten(0, 1), where)
                 rows = rows.to(text.device)
                 fused_sum = fused_sum.index_add(0, rows, fused_text.to(text.dtype))
                 fused_count = fused_count.index_add(0, rows, torch.ones_like(rows, dtype=text.dtype))
         fused = fused_sum / fused_count.clamp(min=1)[:, None, None]
         # Only fused prompt slots of samples with media change; everything else stays bit-exact.
         keep_fused = batch.prefusion_mask.to(text.device) & (fused_count > 0)[:, None]
-        text = torch.where(keep_fused[..., None], fused, text)
-        tokens = torch.cat(unit_tokens, dim=0)
-        tokens_per_item = torch.tensor(
-            [sum(unit_tokens[u].shape[0] for u in item) for item in plan.items],
-            dtype=torch.long,
-            device=batch.input_ids.device,
+        layout.place_text(embeds, torch.where(keep_fused[..., None], fused, text))
+        return layout.inputs(embeds)
+
+    def _fuse_chunk(
+        self, pixels: torch.Tensor, tiles: int, text: torch.Tensor, fuse_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One chunk of units through encoder, compressor and pre-fusion: (the K tokens per unit
+        that reach the LLM (U, K, D), each unit's fused text (U, L, D)). Everything else the
+        chunk computed is freed on return (at inference; training keeps it for backward)."""
+        vision, compressed = self.encode_media(self.encoder_input(pixels), hd_tiles=tiles)
+        prefused, fused_text = self.prefusion(
+            vision if vision is not None else compressed[:, :0], compressed, text, fuse_mask
         )
-        return splice_media(text, batch.input_ids, batch.attention_mask, tokens, tokens_per_item, batch.labels)
+        return (prefused if self.vision_tokens == "prefused" else compressed), fused_text
 
     @property
     def _encoder_weight(self) -> torch.Tensor:
@@ -318,6 +342,13 @@ def _plan_units(batch: Batch) -> _UnitPlan:
             items[-1].append(index)
             index += 1
     return _UnitPlan(groups=groups, items=items, num_units=index)
+
+
+def _read_passes(pixels: torch.Tensor | LazyPixels, passes: list[int]) -> torch.Tensor:
+    """The encoder passes at `passes`: indexed from a tensor, read (decoded) from `LazyPixels`."""
+    if isinstance(pixels, torch.Tensor):
+        return pixels[torch.tensor(passes, device=pixels.device)]
+    return pixels.take(passes)
 
 
 def _chunks(units: list[_Unit], size: int | None) -> list[list[_Unit]]:

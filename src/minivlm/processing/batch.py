@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 
@@ -16,6 +18,60 @@ IGNORE_INDEX = -100
 # then the whole image); or video frames in time order.
 MediaKind = Literal["image", "hd", "video"]
 MEDIA_KINDS: tuple[MediaKind, ...] = ("image", "hd", "video")
+
+
+class PassSource(Protocol):
+    """Encoder passes produced on demand (e.g. `VideoFrames`, decoded from a video file)."""
+
+    def __len__(self) -> int: ...
+
+    def take(self, positions: list[int]) -> torch.Tensor:
+        """(len(positions), 3, S, S) uint8: the passes at `positions`, in that order."""
+        ...
+
+
+class LazyPixels:
+    """The encoder passes of a batch as segments: uint8 tensors (P_i, 3, S, S) already in
+    memory, and `PassSource`s read only when asked for. `take(indices)` gives the passes at
+    batch-wide pass indices, as `Batch.pixel_values[indices]` would; the model reads one
+    chunk at a time, so a long video's frames are decoded while it is encoded.
+    """
+
+    def __init__(self, segments: Sequence[torch.Tensor | PassSource]) -> None:
+        if not segments:
+            raise ValueError("LazyPixels needs at least one segment")
+        for segment in segments:
+            if isinstance(segment, torch.Tensor) and (segment.ndim != 4 or segment.dtype != torch.uint8):
+                shape = tuple(segment.shape)
+                raise ValueError(f"LazyPixels tensors must be (P, 3, S, S) uint8, got {shape} {segment.dtype}")
+        self.segments = list(segments)
+        self._starts = [0]
+        for segment in self.segments:
+            self._starts.append(self._starts[-1] + len(segment))
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def __repr__(self) -> str:
+        return f"LazyPixels({len(self)} passes in {len(self.segments)} segments)"
+
+    def take(self, indices: list[int]) -> torch.Tensor:
+        """(len(indices), 3, S, S) uint8: the passes at `indices`, in that order. Consecutive
+        indices in one segment are read together."""
+        bad = [i for i in indices if not 0 <= i < len(self)]
+        if bad or not indices:
+            raise IndexError(f"pass indices {bad[:4] or indices} out of range for {len(self)} passes")
+        runs: list[tuple[int, list[int]]] = []
+        for index in indices:
+            segment = bisect.bisect_right(self._starts, index) - 1
+            if not runs or runs[-1][0] != segment:
+                runs.append((segment, []))
+            runs[-1][1].append(index - self._starts[segment])
+        parts = []
+        for segment, positions in runs:
+            source = self.segments[segment]
+            parts.append(source[positions] if isinstance(source, torch.Tensor) else source.take(positions))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 @dataclass
@@ -31,7 +87,8 @@ class Batch:
       (not padding, not placeholders, not assistant answers).
     - `pixel_values` (P, 3, H, W) or None for a text-only batch: uint8 as the Processor makes
       them (the model normalises each chunk with its encoder's mean and std), or float
-      values already normalised.
+      values already normalised; or `LazyPixels` (uint8, read chunk by chunk while the model
+      encodes them) when a video came as a `VideoFile`.
     - `media_passes` (M,) long: for the m-th placeholder in row-major order, how many
       consecutive encoder passes of `pixel_values` belong to it (1 for a single image).
     - `media_kinds`: the kind of each of the M items; None means every item is an "image".
@@ -41,7 +98,7 @@ class Batch:
     attention_mask: torch.Tensor
     prefusion_mask: torch.Tensor
     labels: torch.Tensor | None = None
-    pixel_values: torch.Tensor | None = None
+    pixel_values: torch.Tensor | LazyPixels | None = None
     media_passes: torch.Tensor | None = None
     media_kinds: tuple[MediaKind, ...] | None = None
 
@@ -82,7 +139,8 @@ class Batch:
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Batch:
         """Moves every tensor to `device`; `dtype` applies to float pixels only (uint8 pixels are
-        normalised in float32 by the model before any cast)."""
+        normalised in float32 by the model before any cast). `LazyPixels` stay as they are:
+        the model moves each chunk to its encoder's device when it reads it."""
         moved = {}
         for f in fields(self):
             value = getattr(self, f.name)

@@ -12,16 +12,19 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from minivlm.processing.batch import IGNORE_INDEX, PLACEHOLDER_ID, Batch, MediaKind
+from minivlm.processing.batch import IGNORE_INDEX, PLACEHOLDER_ID, Batch, LazyPixels, MediaKind
 from minivlm.processing.images import SQUARE_MODES, ImageInput, SquareMode, hd_views, image_to_pixels, to_pixels
 from minivlm.processing.templates import ChatTemplate, Turn, split_media_tags, template_from_dict
-from minivlm.processing.video import Video
+from minivlm.processing.video import Video, VideoFile, VideoFrames
 from minivlm.specs import ImageSpec
 
 IMAGE_TAG = "<image>"
 VIDEO_TAG = "<video>"
 PROCESSOR_FILE = "processor.json"
-Media = ImageInput | Video
+Media = ImageInput | Video | VideoFile
+VIDEOS = (Video, VideoFile)
+# One sample's encoder passes: a (3, S, S) uint8 tensor is one pass, `VideoFrames` are len() passes.
+Passes = torch.Tensor | VideoFrames
 
 
 class SampleError(ValueError):
@@ -45,12 +48,35 @@ class EncodedSample:
 
 @dataclass
 class PreparedSample:
-    """A sample ready to collate: its tokens, and its media as encoder passes."""
+    """A sample ready to collate: its tokens, and its media as encoder passes (a (3, S, S)
+    tensor per pass, or a video file's `VideoFrames`, decoded only when the model reads them)."""
 
     encoded: EncodedSample
-    pixels: list[torch.Tensor]
+    pixels: list[Passes]
     passes: list[int]
     kinds: list[MediaKind]
+
+
+def stack_passes(pixels: list[Passes]) -> torch.Tensor | LazyPixels | None:
+    """One (P, 3, S, S) tensor when every pass is in memory; otherwise `LazyPixels`, with each
+    run of in-memory passes stacked into one segment."""
+    if not pixels:
+        return None
+    if all(isinstance(p, torch.Tensor) for p in pixels):
+        return torch.stack(pixels)
+    segments: list[torch.Tensor | VideoFrames] = []
+    run: list[torch.Tensor] = []
+    for p in pixels:
+        if isinstance(p, torch.Tensor):
+            run.append(p)
+            continue
+        if run:
+            segments.append(torch.stack(run))
+            run = []
+        segments.append(p)
+    if run:
+        segments.append(torch.stack(run))
+    return LazyPixels(segments)
 
 
 class Processor:
@@ -59,7 +85,8 @@ class Processor:
     Each `<image>` or `<video>` in a user turn becomes one placeholder id; the model later
     splices `tokens_per_image` tokens there (`tokens_per_frame` per video frame). With
     `hd_grid` n > 1 every image is cut into n×n crops plus the whole image (LLaVA-Mini-HD);
-    videos are never tiled. `square` says how a non-square image is made square (`pad` with
+    videos are never tiled. A `VideoFile` (`open_video`) is not decoded here: its frames reach
+    the `Batch` as `LazyPixels` and are decoded while the model encodes them. `square` says how a non-square image is made square (`pad` with
     the mean colour as LLaVA-1.5, `crop` as CLIP, or `resize`). Labels cover assistant
     answers and their end-of-turn marker only; pre-fusion sees every text token except
     placeholders, padding and answers, in training and at inference alike.
@@ -146,10 +173,12 @@ class Processor:
         """Length of the LLM sequence once each placeholder holds its tokens: `tokens_per_image`
         per image (an HD image's count when `hd_grid` > 1), `tokens_per_frame` per video frame."""
         media = media if media is not None else [None] * len(sample.tags)
-        if self.tokens_per_frame is None and any(isinstance(item, Video) for item in media):
+        if self.tokens_per_frame is None and any(isinstance(item, VIDEOS) for item in media):
             raise ValueError("this processor has hd_grid > 1 and no tokens_per_frame, so it cannot count video tokens")
         vision = sum(
-            len(item.frames) * self.tokens_per_frame if isinstance(item, Video) else self.tokens_per_image
+            self.tokens_per_image if not isinstance(item, VIDEOS)
+            else len(item) * self.tokens_per_frame if isinstance(item, VideoFile)
+            else len(item.frames) * self.tokens_per_frame
             for item in media
         )
         return len(sample.input_ids) - len(sample.tags) + vision
@@ -173,15 +202,18 @@ class Processor:
             raise SampleError("too_long", f"the sample is {over}, and cutting it would remove every answer")
         return EncodedSample(sample.input_ids[:keep], sample.labels[:keep], sample.fuse[:keep], sample.tags)
 
-    def media_passes(self, item: Media, tag: str, where: str) -> tuple[MediaKind, list[torch.Tensor]]:
+    def media_passes(self, item: Media, tag: str, where: str) -> tuple[MediaKind, list[torch.Tensor] | VideoFrames]:
         """The kind of one media item and its encoder passes as (3, S, S) uint8 tensors (the
-        model normalises them with its encoder's mean and std, chunk by chunk)."""
+        model normalises them with its encoder's mean and std, chunk by chunk), or for a
+        `VideoFile` its `VideoFrames`, not decoded yet."""
         if tag == VIDEO_TAG:
+            if isinstance(item, VideoFile):
+                return "video", VideoFrames(item, self.image_spec, self.square)
             if not isinstance(item, Video):
-                raise TypeError(f"{where}: {VIDEO_TAG} needs a Video, got {type(item).__name__}")
+                raise TypeError(f"{where}: {VIDEO_TAG} needs a Video or VideoFile, got {type(item).__name__}")
             return "video", [image_to_pixels(frame, self.image_spec, self.square) for frame in item.frames]
-        if isinstance(item, Video):
-            raise TypeError(f"{where}: {IMAGE_TAG} got a Video; use {VIDEO_TAG} for videos")
+        if isinstance(item, VIDEOS):
+            raise TypeError(f"{where}: {IMAGE_TAG} got a {type(item).__name__}; use {VIDEO_TAG} for videos")
         if self.hd_grid == 1:
             return "image", [image_to_pixels(item, self.image_spec, self.square)]
         return "hd", [to_pixels(view) for view in hd_views(item, self.hd_grid, self.image_spec, self.square)]
@@ -203,7 +235,7 @@ class Processor:
                 "placeholder_mismatch", f"{len(sample.tags)} media tags in the text but {len(media)} media items"
             )
         sample = self.fit_length(sample, media, add_generation_prompt)
-        pixels: list[torch.Tensor] = []
+        pixels: list[Passes] = []
         passes: list[int] = []
         kinds: list[MediaKind] = []
         for j, (tag, item) in enumerate(zip(sample.tags, media)):
@@ -215,7 +247,10 @@ class Processor:
                 raise SampleError("unreadable_image", f"media item {j}: {error}") from error
             kinds.append(kind)
             passes.append(len(views))
-            pixels += views
+            if isinstance(views, VideoFrames):
+                pixels.append(views)
+            else:
+                pixels += views
         return PreparedSample(sample, pixels, passes, kinds)
 
     def __call__(
@@ -225,7 +260,7 @@ class Processor:
         add_generation_prompt: bool = False,
     ) -> Batch:
         """A right-padded `Batch`; `images[i]` are the media of conversation i (images, or
-        `Video`s for `<video>` tags), in tag order. A sample that cannot be used raises
+        `Video`s or `VideoFile`s for `<video>` tags), in tag order. A sample that cannot be used raises
         `SampleError` naming its conversation."""
         images = images if images is not None else [[] for _ in conversations]
         if len(images) != len(conversations):
@@ -252,12 +287,12 @@ class Processor:
     def collate(
         self,
         samples: list[EncodedSample],
-        pixels: list[torch.Tensor],
+        pixels: list[Passes],
         passes: list[int] | None = None,
         kinds: list[MediaKind] | None = None,
     ) -> Batch:
         """Pads encoded samples on the right and stacks their pixels (one pass per item unless
-        `passes` says otherwise)."""
+        `passes` says otherwise). With a video file among them, pixels become `LazyPixels`."""
         length = max(len(s.input_ids) for s in samples)
         pad = self.tokenizer.pad_token_id
 
@@ -270,7 +305,7 @@ class Processor:
             attention_mask=torch.stack([padded([True] * len(s.input_ids), False, torch.bool) for s in samples]),
             labels=torch.stack([padded(s.labels, IGNORE_INDEX, torch.long) for s in samples]),
             prefusion_mask=torch.stack([padded(s.fuse, False, torch.bool) for s in samples]),
-            pixel_values=torch.stack(pixels) if pixels else None,
+            pixel_values=stack_passes(pixels),
             media_passes=torch.tensor(passes if passes is not None else [1] * len(pixels)) if pixels else None,
             media_kinds=tuple(kinds) if kinds else None,
         )
