@@ -10,20 +10,34 @@ width 512 (8 heads, MLP 1376, vocabulary 32000) and a 4-layer CLIP-shaped encode
 The LLM's weights are drawn with std 0.08 instead of transformers' 0.02: with 0.02 every
 sample repeats one to three tokens, which makes "identical tokens" a weak comparison.
 
-Both run their default dynamic KV cache; minivlm's static-cache / `torch.compile` decoding path
-is not implemented, so it is not measured.
+transformers runs its default dynamic KV cache. minivlm runs three ways: its default (dynamic
+cache), `cache="static"`, and `cache="static", compile=True`. The compiled path is warmed up
+by one full call per batch size before the timed rounds; that call's wall time is reported
+apart ("first call", compilation included), and the timed rounds exclude it. Inductor's
+on-disk cache starts empty (`TORCHINDUCTOR_CACHE_DIR` in the temporary directory), so the
+first call compiles from scratch.
 
     PYTHONPATH=src .venv/bin/python benchmarks/decode.py [--rounds 5] [--new-tokens 32] [--threads 1]
 
 Times come from a streamer on the same call: the first token's arrival is the time to first
 token, and the rest of the call over the (new tokens - 1) later steps gives the decode rate.
-Prints a table and writes benchmarks/results/decode.json.
+The implementations alternate within each round (order rotated every round); the ratios to
+transformers are paired: each round's value over transformers' in the same round, the median
+over rounds (the machine's load drifts between rounds more than within one).
+
+Then, per batch size, the anatomy of one decoding step at the benchmark's cache length, timed
+alternately (`--anatomy-steps` each): the LLM's linear layers alone (the same matmuls on
+random activations: the weights each step must read), the attention alone (SDPA over the
+static cache in every layer), the uncompiled static step and the compiled one. What the
+compiled step spends beyond the first two is the overhead that compiling could still remove.
+Prints two tables and writes benchmarks/results/decode.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -36,6 +50,7 @@ from transformers import LlavaConfig, LlavaForConditionalGeneration
 from minivlm.data.synthetic import build_shapes_tokenizer
 from minivlm.hub.convert.hf_llava import convert_hf_llava
 from minivlm.model import MiniVLM
+from minivlm.model.decoding import STATIC_LENGTH_MULTIPLE, compiled_decode_step, decode_step
 from minivlm.processing.batch import PLACEHOLDER_ID, Batch
 
 VOCAB = 32000
@@ -94,10 +109,14 @@ def make_inputs(model: MiniVLM, batch_size: int) -> tuple[Batch, dict]:
     return batch, hf_inputs
 
 
-def run_minivlm(model: MiniVLM, batch: Batch, new_tokens: int) -> tuple[float, float, torch.Tensor]:
+MINIVLM = {"minivlm": {}, "minivlm static": {"cache": "static"},
+           "minivlm static+compile": {"cache": "static", "compile": True}}
+
+
+def run_minivlm(model: MiniVLM, batch: Batch, new_tokens: int, **options) -> tuple[float, float, torch.Tensor]:
     clock = Clock(skip=0)
     start = time.perf_counter()
-    tokens = model.generate(batch, max_new_tokens=new_tokens, streamer=clock)
+    tokens = model.generate(batch, max_new_tokens=new_tokens, streamer=clock, **options)
     return clock.first - start, time.perf_counter() - clock.first, tokens
 
 
@@ -119,31 +138,87 @@ def build_models(directory: Path) -> tuple[MiniVLM, LlavaForConditionalGeneratio
     return MiniVLM.from_pretrained(directory / "minivlm").eval(), hf
 
 
+def step_anatomy(model: MiniVLM, batch_size: int, prompt: int, new_tokens: int, steps: int) -> dict[str, float]:
+    """Median ms of one decoding step's parts at the benchmark's static cache length (see the docstring)."""
+    llm = model.llm
+    config = llm.model.config
+    heads, head_dim = config.num_attention_heads, config.hidden_size // config.num_attention_heads
+    length = -(-(prompt + new_tokens - 1) // STATIC_LENGTH_MULTIPLE) * STATIC_LENGTH_MULTIPLE
+    generator = torch.Generator().manual_seed(0)
+    mask = torch.ones(batch_size, length, dtype=torch.bool)
+    cache = llm.static_cache(batch_size, length)
+    positions = torch.arange(prompt)[None].expand(batch_size, prompt)
+    llm(torch.randn(batch_size, prompt, llm.hidden_size, generator=generator), attention_mask=mask,
+        position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
+    token, step_positions = torch.zeros(batch_size, dtype=torch.long), positions[:, -1:] + 1
+    linears = [m.weight for m in llm.model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = {w.shape[1]: torch.randn(batch_size, w.shape[1], generator=generator) for w in linears}
+    keys = [torch.randn(batch_size, heads, length, head_dim, generator=generator) for _ in range(2)]
+    query = torch.randn(batch_size, heads, 1, head_dim, generator=generator)
+    attention_mask = mask[:, None, None, :]
+
+    def rewind() -> None:  # every step writes the same slot, so the cache never fills
+        for layer in cache.layers:
+            layer.cumulative_length.fill_(prompt)
+
+    parts = {
+        "linear layers": lambda: [torch.nn.functional.linear(inputs[w.shape[1]], w) for w in linears],
+        "attention": lambda: [torch.nn.functional.scaled_dot_product_attention(query, *keys, attn_mask=attention_mask)
+                              for _ in range(config.num_hidden_layers)],
+        "static step": lambda: (rewind(), decode_step(llm, token, mask, step_positions, cache)),
+        "compiled step": lambda: (rewind(), compiled_decode_step()(llm, token, mask, step_positions, cache)),
+    }
+    times = {name: [] for name in parts}
+    parts["compiled step"]()  # warm-up; the generate calls compiled this shape already
+    for _ in range(steps):
+        for name, part in parts.items():
+            start = time.perf_counter()
+            part()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--anatomy-steps", type=int, default=30)
     parser.add_argument("--out", default="benchmarks/results/decode.json")
     options = parser.parse_args()
     torch.set_num_threads(options.threads)
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
+        # An empty inductor cache, so the first compiled call compiles from scratch.
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tmp) / "inductor")
         model, hf = build_models(Path(tmp))
-        runners = {"minivlm": lambda inputs, n: run_minivlm(model, inputs[0], n),
-                   "transformers": lambda inputs, n: run_transformers(hf, inputs[1], n)}
+        runners = {name: (lambda inputs, n, kwargs=kwargs: run_minivlm(model, inputs[0], n, **kwargs))
+                   for name, kwargs in MINIVLM.items()}
+        runners["transformers"] = lambda inputs, n: run_transformers(hf, inputs[1], n)
         inputs = {size: make_inputs(model, size) for size in PROMPTS}
         for name, runner in runners.items():  # warm-up: one short call each
-            runner(inputs[1], 2)
-        samples = {(size, name): {"ttft": [], "decode": []} for size in PROMPTS for name in runners}
+            if name != "minivlm static+compile":
+                runner(inputs[1], 2)
+        first_call = {}
+        for size in PROMPTS:  # compiles one graph per batch size (cache length fixed by --new-tokens)
+            start = time.perf_counter()
+            runners["minivlm static+compile"](inputs[size], options.new_tokens)
+            first_call[size] = time.perf_counter() - start
+        samples = {(size, name): {"ttft": [], "decode": [], "call": []} for size in PROMPTS for name in runners}
         tokens = {}
+        names = list(runners)
         for round_ in range(options.rounds):
-            order = list(runners) if round_ % 2 == 0 else list(reversed(runners))
+            order = names[round_ % len(names):] + names[: round_ % len(names)]
             for size in PROMPTS:
                 for name in order:
                     ttft, rest, out = runners[name](inputs[size], options.new_tokens)
                     samples[size, name]["ttft"].append(ttft * 1e3)
                     samples[size, name]["decode"].append(size * (out.shape[1] - 1) / rest)
+                    samples[size, name]["call"].append(ttft + rest)
                     tokens[size, name] = out.tolist()
+        anatomy = {}
+        for size in PROMPTS:
+            prompt = model.tokens_per_image + max(PROMPTS[size])
+            anatomy[size] = step_anatomy(model, size, prompt, options.new_tokens, options.anatomy_steps)
     rows = []
     for (size, name), values in samples.items():
         rows.append({
@@ -155,14 +230,32 @@ def main() -> None:
             "tokens_identical_to_transformers": tokens[size, name] == tokens[size, "transformers"],
             "distinct_tokens": len({token for row in tokens[size, name] for token in row}),
         })
-    print(f"| batch | implementation | TTFT median ms | min | max | decode tokens/s median | min | max | tokens = transformers | distinct tokens |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+        if name == "minivlm static+compile":
+            rows[-1]["first_call_s"] = first_call[size]
+            rows[-1]["compile_s_estimate"] = first_call[size] - statistics.median(values["call"])
+    for row in rows:  # paired: each round's value over transformers' in the same round, then the median
+        own, reference = samples[row["batch"], row["implementation"]], samples[row["batch"], "transformers"]
+        row["ttft_vs_transformers"] = statistics.median(a / b for a, b in zip(own["ttft"], reference["ttft"]))
+        row["decode_vs_transformers"] = statistics.median(a / b for a, b in zip(own["decode"], reference["decode"]))
+    print("| batch | implementation | TTFT median ms | min | max | decode tokens/s median | min | max | "
+          "TTFT / transformers | decode / transformers | tokens = transformers | distinct tokens | first call s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
+        first = f"{row['first_call_s']:.1f}" if "first_call_s" in row else ""
         print(f"| {row['batch']} | {row['implementation']} | {row['ttft_ms_median']:.0f} | {row['ttft_ms_min']:.0f} | "
               f"{row['ttft_ms_max']:.0f} | {row['decode_tokens_per_s_median']:.1f} | {row['decode_tokens_per_s_min']:.1f} | "
-              f"{row['decode_tokens_per_s_max']:.1f} | {row['tokens_identical_to_transformers']} | {row['distinct_tokens']} |")
+              f"{row['decode_tokens_per_s_max']:.1f} | {row['ttft_vs_transformers']:.2f} | "
+              f"{row['decode_vs_transformers']:.2f} | {row['tokens_identical_to_transformers']} | "
+              f"{row['distinct_tokens']} | {first} |")
+    print("\n| batch | linear layers ms | attention ms | static step ms | compiled step ms | compiled beyond linear + attention |")
+    print("|---|---|---|---|---|---|")
+    for size, parts in anatomy.items():
+        floor = parts["linear layers"] + parts["attention"]
+        print(f"| {size} | {parts['linear layers']:.1f} | {parts['attention']:.1f} | {parts['static step']:.1f} | "
+              f"{parts['compiled step']:.1f} | {(parts['compiled step'] - floor) / parts['compiled step']:.0%} |")
     result = {"torch": torch.__version__, "machine": platform.machine(), "threads": options.threads,
               "rounds": options.rounds, "new_tokens": options.new_tokens, "config": CONFIG, "rows": rows,
+              "step_anatomy_ms": {str(size): parts for size, parts in anatomy.items()},
               "tokens": {f"{name} batch {size}": value for (size, name), value in tokens.items()}}
     Path(options.out).parent.mkdir(parents=True, exist_ok=True)
     Path(options.out).write_text(json.dumps(result, indent=2))

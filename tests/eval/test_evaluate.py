@@ -10,6 +10,7 @@ from minivlm.cli import main
 from minivlm.data.synthetic import ShapesTask
 from minivlm.eval.evaluate import Question, build_prompt, read_questions, run_evaluation
 from minivlm.model import MiniVLM
+from minivlm.model.decoding import Decoder
 from minivlm.processing.templates import Turn
 
 NUM_QUESTIONS = 6
@@ -121,6 +122,22 @@ def test_interrupted_run_resumes_without_reasking(setup, tmp_path):
     asked.clear()
     again = run_evaluation(model, parsed, out, "exact", media_root=root, batch_size=2, max_new_tokens=3)
     assert asked == [] and again["score"] == pytest.approx(4 / 6)
+
+
+def test_static_cache_decoding_gives_the_same_answers(setup, tmp_path, capsys, monkeypatch):
+    root, questions, truth = setup
+    write_questions(tmp_path / "q.jsonl", questions, truth)
+    caches = []
+    original = Decoder.__init__
+    monkeypatch.setattr(Decoder, "__init__", lambda self, *a: caches.append(a[3]) or original(self, *a))
+    args = ["evaluate", "--model", str(root / "model"), "--questions", str(tmp_path / "q.jsonl"),
+            "--media_root", str(root), "--batch_size", "4", "--max_new_tokens", "3"]
+    main(args + ["--out", str(tmp_path / "a.jsonl"), "--decode_cache", "static"])
+    assert caches == ["static", "static"]  # two batches
+    assert [json.loads(line)["text"] for line in (tmp_path / "a.jsonl").read_text().splitlines()] == truth
+    with pytest.raises(SystemExit):
+        main(args + ["--out", str(tmp_path / "b.jsonl"), "--compile_decode", "true"])
+    assert "compile=True needs cache='static'" in capsys.readouterr().err
 
 
 def test_bad_question_file_names_the_line(tmp_path, capsys):

@@ -19,6 +19,7 @@ import torch
 from torchmetrics import Metric
 
 from minivlm.eval.metrics import AnswerExactMatch, MultipleChoiceAccuracy, POPEMetrics, VQAAccuracy
+from minivlm.model.decoding import CacheKind
 from minivlm.model.vlm import MiniVLM
 from minivlm.processing.processor import IMAGE_TAG, VIDEO_TAG
 from minivlm.processing.templates import Turn
@@ -156,8 +157,11 @@ def run_evaluation(
     batch_size: int = 8,
     max_new_tokens: int = 16,
     model_id: str = "",
+    decode_cache: CacheKind = "dynamic",
+    compile_decode: bool = False,
 ) -> dict[str, Any]:
-    """Answers the questions not yet in `out` (appending each batch as it finishes) and scores all."""
+    """Answers the questions not yet in `out` (appending each batch as it finishes) and scores all.
+    `decode_cache` and `compile_decode` are `MiniVLM.generate`'s `cache` and `compile`."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
     if batch_size < 1:
@@ -186,6 +190,8 @@ def run_evaluation(
                     max_new_tokens=max_new_tokens,
                     eos_token_id=processor.eos_token_id,
                     pad_token_id=processor.tokenizer.pad_token_id,
+                    cache=decode_cache,
+                    compile=compile_decode,
                 )
             for question, prompt, row in zip(chunk, prompts, tokens):
                 text = processor.decode(row)
@@ -208,6 +214,8 @@ def evaluate(
     max_new_tokens: int = 16,
     device: str = "cpu",
     score_out: Path | None = None,
+    decode_cache: CacheKind = "dynamic",
+    compile_decode: bool = False,
 ) -> dict[str, Any]:
     """Answer a LLaVA-format question file and score the answers.
 
@@ -223,13 +231,18 @@ def evaluate(
         max_new_tokens: the longest answer generated.
         device: where the model runs (cpu, cuda, cuda:1, ...).
         score_out: where the score JSON goes; default: the answers file with `.score.json`.
+        decode_cache: the LLM's KV cache while generating: dynamic (grows per token) or static
+            (preallocated per batch; same answers, faster decoding).
+        compile_decode: run each decoding step as a `torch.compile`d graph (needs
+            decode_cache static; compiles once per batch shape, which takes a while).
     """
     parsed = read_questions(questions)  # a bad question file fails before the model loads
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
     loaded = MiniVLM.from_pretrained(model).to(device)
     result = run_evaluation(
-        loaded, parsed, out, metric, media_root, prompt_suffix, batch_size, max_new_tokens, model_id=str(model)
+        loaded, parsed, out, metric, media_root, prompt_suffix, batch_size, max_new_tokens, model_id=str(model),
+        decode_cache=decode_cache, compile_decode=compile_decode,
     )
     result |= {"model": str(model), "questions": str(questions), "answers": str(out)}
     score_path = Path(score_out) if score_out is not None else Path(out).with_suffix(".score.json")

@@ -16,6 +16,8 @@ class LanguageModel(nn.Module):
     LLM's own layers, `decoder_layers`, `decoder_layer_class`, `layer_config` and a
     `rotary_embedding` module that maps position ids to the layers' (cos, sin).
     `forward(..., logits_to_keep=n)` computes logits for the last n positions only (0: all).
+    A model that can also decode with a preallocated cache overrides `check_static_cache` and
+    `static_cache`.
     """
 
     hidden_size: int
@@ -43,6 +45,18 @@ class LanguageModel(nn.Module):
     @property
     def output_head(self) -> nn.Module:
         """The layer that maps final hidden states (…, D) to logits (…, V)."""
+        raise NotImplementedError
+
+    def check_static_cache(self) -> None:
+        """Returns if `static_cache` works for this model; otherwise raises ValueError saying why."""
+        raise ValueError(f"{type(self).__name__} has no static KV cache: decode with cache='dynamic'")
+
+    def static_cache(self, batch_size: int, max_length: int) -> Any:
+        """A KV cache preallocated for `max_length` positions of `batch_size` sequences, filled in
+        place by `forward(cache=...)`. Every call on it takes an attention mask `max_length` wide
+        (False at padding; slots not yet written are hidden by causality), so a decoding step
+        keeps fixed shapes and a compiled one runs without recompiling."""
+        self.check_static_cache()
         raise NotImplementedError
 
     def forward(

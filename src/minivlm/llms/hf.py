@@ -6,7 +6,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, StaticCache
+from transformers.cache_utils import get_layer_types_and_kwargs
 
 from minivlm.llms.base import LanguageModel
 from minivlm.weights import checkpoint_files, has_meta_parameters, load_state, parameters_on_meta, read_tensors
@@ -103,6 +104,27 @@ class HFLanguageModel(LanguageModel):
     @property
     def output_head(self) -> nn.Module:
         return self.model.get_output_embeddings()
+
+    def check_static_cache(self) -> None:
+        """transformers' `StaticCache` with full attention in every layer: the model class must
+        declare that it compiles as one graph (`_can_compile_fullgraph`, true of Llama, Qwen2,
+        Mistral, ...), and sliding-window or other layer kinds are refused, since their cache
+        keeps a window, not the whole sequence that the attention mask here describes."""
+        name = type(self.model).__name__
+        if not getattr(self.model, "_can_compile_fullgraph", False):
+            raise ValueError(f"{name} does not support transformers' static KV cache: decode with cache='dynamic'")
+        layer_types, _ = get_layer_types_and_kwargs(self.model.config.get_text_config(decoder=True))
+        other = sorted(set(layer_types) - {"full_attention"})
+        if other:
+            raise ValueError(
+                f"{name} has {', '.join(other)} layers; the static KV cache supports full-attention layers only: "
+                "decode with cache='dynamic'"
+            )
+
+    def static_cache(self, batch_size: int, max_length: int) -> StaticCache:
+        self.check_static_cache()
+        # The layers allocate their tensors on the first update, with that update's dtype and device.
+        return StaticCache(config=self.model.config, max_cache_len=max_length)
 
     def _check_loaded(self, inputs_embeds: torch.Tensor) -> None:
         if inputs_embeds.device.type != "meta" and self.weights_pending:

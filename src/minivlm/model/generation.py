@@ -4,6 +4,10 @@ Only the prompt goes through the vision path and pre-fusion; generated tokens en
 LLM as plain embeddings. Prompts of different lengths are left-padded so every sample's
 next token sits in the last column. The LLM computes logits at the last position only,
 and no forward runs after the last token is chosen.
+
+The KV cache is the LLM's dynamic one by default (it grows by one position per step). With
+`cache="static"` it is preallocated for the whole call (`minivlm.model.decoding`), and with
+`compile=True` too, each decoding step runs as one `torch.compile`d graph.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from minivlm.model.decoding import CacheKind, Decoder
 from minivlm.model.inputs import to_left_padding
 from minivlm.processing.batch import Batch
 
@@ -74,24 +79,31 @@ def generate(
     generator: torch.Generator | None = None,
     streamer: TokenStreamer | None = None,
     keep_scores: bool = False,
+    cache: CacheKind = "dynamic",
+    compile: bool = False,
 ) -> GenerationOutput:
     """Generates up to `max_new_tokens` per sample of `batch` (built with add_generation_prompt).
 
     A sample that emits `eos_token_id` is padded with `pad_token_id` from then on while the
     others go on; generation ends when all have finished or after `max_new_tokens`.
+    `cache` ("dynamic" or "static") and `compile` choose how the LLM decodes
+    (`minivlm.model.decoding`); the tokens are the same either way, the logits equal to float
+    rounding.
     """
     check_sampling(max_new_tokens, temperature, top_p)
     inputs = model.assemble(batch)
     embeds, mask, positions = to_left_padding(inputs.embeds, inputs.attention_mask)
-    logits, cache = model.llm(embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    # The last chosen token never enters the LLM: the cache holds the prompt and max_new_tokens - 1 more.
+    decoder = Decoder(model.llm, mask, mask.shape[1] + max_new_tokens - 1, cache, compile)
+    logits = decoder.prefill(embeds, positions)
     next_positions = positions[:, -1:] + 1
     finished = torch.zeros(embeds.shape[0], dtype=torch.bool, device=embeds.device)
     generated: list[torch.Tensor] = []
     scores: list[torch.Tensor] = []
     for step in range(max_new_tokens):
         if keep_scores:
-            scores.append(logits[:, -1].float())
-        token = choose_tokens(logits[:, -1], temperature, top_p, generator).masked_fill(finished, pad_token_id)
+            scores.append(logits.float())
+        token = choose_tokens(logits, temperature, top_p, generator).masked_fill(finished, pad_token_id)
         generated.append(token)
         if streamer is not None:
             streamer.put(token)
@@ -99,16 +111,8 @@ def generate(
             finished |= token == eos_token_id
         if step == max_new_tokens - 1 or bool(finished.all()):
             break
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-        logits, cache = model.llm(
-            # A finished sample's next input is never used; any valid id will do (the pad id may not be one).
-            model.llm.embed(token.masked_fill(finished, 0)[:, None]),
-            attention_mask=mask,
-            position_ids=next_positions,
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        # A finished sample's next input is never used; any valid id will do (the pad id may not be one).
+        logits = decoder.step(token.masked_fill(finished, 0), next_positions)
         next_positions = next_positions + 1
     if streamer is not None:
         streamer.end()

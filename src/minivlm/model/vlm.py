@@ -19,6 +19,7 @@ from minivlm.processing.batch import Batch, LazyPixels
 from minivlm.processing.images import normalise_pixels
 from minivlm.model import generation, pretrained
 from minivlm.model.generation import TokenStreamer
+from minivlm.model.decoding import CacheKind
 from minivlm.model.weights import DEFAULT_MAX_SHARD_SIZE, empty_parameters, load_weights, save_weights
 from minivlm.model.loss import next_token_loss
 from minivlm.model.inputs import LLMInputs, splice_layout, splice_media, stitch_tiles
@@ -285,6 +286,8 @@ class MiniVLM(nn.Module):
         top_p: float = 1.0,
         generator: torch.Generator | None = None,
         streamer: TokenStreamer | None = None,
+        cache: CacheKind = "dynamic",
+        compile: bool = False,
     ) -> torch.Tensor:
         """New token ids (B, ≤ max_new_tokens) for the prompts of `batch`, with the LLM's KV cache.
 
@@ -292,10 +295,14 @@ class MiniVLM(nn.Module):
         `streamer.put` gets each step's tokens. Only the prompt goes through pre-fusion;
         generated tokens enter the LLM as plain embeddings. After a sample emits
         `eos_token_id` it is padded with `pad_token_id` while the others go on.
+        `cache="static"` preallocates the KV cache for the whole call, and `compile=True`
+        (static only) runs each decoding step as a `torch.compile`d graph, compiled on the
+        first call of each shape: same tokens, faster decoding (`minivlm.model.decoding`).
         See `minivlm.model.generation.generate` for the per-step logits.
         """
         return generation.generate(
-            self, batch, max_new_tokens, eos_token_id, pad_token_id, temperature, top_p, generator, streamer
+            self, batch, max_new_tokens, eos_token_id, pad_token_id, temperature, top_p, generator, streamer,
+            cache=cache, compile=compile,
         ).tokens
 
 

@@ -18,6 +18,7 @@ from minivlm.eval.metrics import ExactMatch
 from minivlm.fusion.base import PreFusion
 from minivlm.fusion.decoder import DecoderPreFusion
 from minivlm.llms.base import LanguageModel
+from minivlm.model.decoding import CacheKind
 from minivlm.model.vlm import MiniVLM
 from minivlm.processing.batch import Batch
 from minivlm.processing.processor import Processor
@@ -55,6 +56,8 @@ class MiniVLMModule(L.LightningModule):
     in a narrower dtype under mixed precision. `tokenizer` (with `pad_token` for tokenizers
     that have none, like Vicuna's), `template`, `max_length` and `hd_grid` describe the
     Processor, which is built on first use (`processor`), never here.
+    `max_new_tokens`, `decode_cache` and `compile_decode` set `predict`'s generation
+    (`MiniVLM.generate`'s `max_new_tokens`, `cache` and `compile`).
     `activation_checkpointing` recomputes each decoder layer / encoder block in the backward
     instead of keeping its activations (`minivlm.training.sharding`). Every other keyword
     (`vision_tokens`, `frames_per_chunk`, ...) is a MiniVLM
@@ -83,6 +86,8 @@ class MiniVLMModule(L.LightningModule):
         max_length: int | None = None,
         hd_grid: int = 1,
         max_new_tokens: int = 16,
+        decode_cache: CacheKind = "dynamic",
+        compile_decode: bool = False,
         activation_checkpointing: bool = False,
         **model_options: Any,
     ) -> None:
@@ -111,6 +116,8 @@ class MiniVLMModule(L.LightningModule):
                 "max_length": max_length,
                 "hd_grid": hd_grid,
                 "max_new_tokens": max_new_tokens,
+                "decode_cache": decode_cache,
+                "compile_decode": compile_decode,
                 "activation_checkpointing": activation_checkpointing,
                 **model_options,
             }
@@ -128,6 +135,8 @@ class MiniVLMModule(L.LightningModule):
         self.max_length = max_length
         self.hd_grid = hd_grid
         self.max_new_tokens = max_new_tokens
+        self.decode_cache = decode_cache
+        self.compile_decode = compile_decode
         self.activation_checkpointing = activation_checkpointing
         self.token_loss = TokenNormalisedLoss()
         self._processor: Processor | None = None
@@ -284,6 +293,8 @@ class MiniVLMModule(L.LightningModule):
             max_new_tokens=self.max_new_tokens,
             eos_token_id=self.processor.eos_token_id,
             pad_token_id=self.processor.tokenizer.pad_token_id,
+            cache=self.decode_cache,
+            compile=self.compile_decode,
         )
         return [self.processor.decode(row) for row in tokens]
 
