@@ -30,7 +30,8 @@ class InPlaceGatedMLP(nn.Module):
     def __init__(self, mlp: nn.Module) -> None:
         super().__init__()
         if not is_gated_mlp(mlp):
-            raise ValueError(f"{type(mlp).__name__} is not a gate/up/down MLP: it has {sorted(dict(mlp.named_children()))}")
+            children = sorted(name for name, _ in mlp.named_children())
+            raise ValueError(f"{type(mlp).__name__} is not a gate/up/down MLP: it has {children}")
         self.gate_proj = mlp.gate_proj
         self.up_proj = mlp.up_proj
         self.down_proj = mlp.down_proj
