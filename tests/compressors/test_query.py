@@ -217,3 +217,52 @@ def test_placement_and_key_pe_can_be_chosen_apart_from_semantics():
         QueryCompressor(32, key_pe="learned")
     with pytest.raises(ValueError, match="placement"):
         QueryCompressor(32, placement="inside")
+
+
+@pytest.mark.parametrize("semantics", ["paper", "release"])
+def test_key_table_is_built_once_per_grid_and_again_when_pos_embed_changes(semantics):
+    torch.manual_seed(0)
+    comp = QueryCompressor(16, size=2, semantics=semantics, num_heads=4)
+    first = comp.key_pos_embed((3, 5))
+    assert torch.equal(first, comp._build_key_pos_embed((3, 5), torch.float32))
+    assert comp.key_pos_embed((3, 5)) is first  # not built again
+    assert comp.key_pos_embed((4, 4)).shape == (16, 16)
+    assert comp.key_pos_embed((3, 5), torch.float64).dtype == torch.float64
+    features = torch.randn(2, 15, 16)
+    before = comp(features, (3, 5)).tokens
+    # Other values loaded into pos_embed (as from a checkpoint) give another resized table.
+    state = comp.state_dict()
+    state["pos_embed"] = torch.randn_like(state["pos_embed"])
+    comp.load_state_dict(state)
+    again = comp.key_pos_embed((3, 5))
+    assert torch.equal(again, comp._build_key_pos_embed((3, 5), torch.float32))
+    assert torch.equal(again, first) == (semantics == "paper")  # the native table ignores pos_embed
+    assert not torch.equal(comp(features, (3, 5)).tokens, before)  # pos_embed also moves the queries
+    # A converted copy builds its own table, in its own dtype.
+    assert comp.double().key_pos_embed((3, 5), torch.float64).dtype == torch.float64
+
+
+def test_cached_key_table_gives_the_outputs_of_a_fresh_one():
+    torch.manual_seed(0)
+    comp = QueryCompressor(16, size=2, semantics="release", num_heads=4)
+    randomize_norms(comp)
+    features = torch.randn(2, 12, 16)
+    first, second = comp(features, (3, 4)), comp(features, (3, 4))
+    kv = comp.ln_kv(features)
+    q = (comp.ln_q(comp.query) + comp.pos_embed).expand(2, -1, -1)
+    tokens, _ = comp.attn(q, kv + comp.resized_pos_embed((3, 4)), kv)
+    assert torch.equal(first.tokens, second.tokens)
+    torch.testing.assert_close(second.tokens, tokens, rtol=0, atol=1e-6)
+
+
+def test_key_table_first_built_in_inference_mode_serves_autograd_later():
+    torch.manual_seed(0)
+    comp = QueryCompressor(16, size=2, semantics="release", num_heads=4)
+    features = torch.randn(2, 12, 16)
+    with torch.inference_mode():
+        expected = comp(features, (3, 4)).tokens.clone()
+    assert not comp.key_pos_embed((3, 4)).is_inference()  # usable with autograd like any tensor
+    out = comp(features, (3, 4)).tokens
+    out.square().sum().backward()
+    assert torch.equal(out.detach(), expected)
+    assert comp.query.grad is not None and comp.attn.in_proj_weight.grad is not None

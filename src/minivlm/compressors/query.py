@@ -66,6 +66,9 @@ class QueryCompressor(Compressor):
         nn.init.normal_(self.query, std=0.02)
         # Persistent so that converted checkpoints, which carry it, load strictly.
         self.register_buffer("pos_embed", sincos_2d(dim, (size, size)), persistent=True)
+        # Key tables by (grid, dtype, device): (the pos_embed tensor they came from, its version
+        # and storage, the table).
+        self._key_pe_cache: dict[tuple, tuple[torch.Tensor, tuple[int, int], torch.Tensor]] = {}
         if semantics == "release":
             self.ln_q = nn.LayerNorm(dim)
             self.ln_kv = nn.LayerNorm(dim)
@@ -82,7 +85,27 @@ class QueryCompressor(Compressor):
         }
 
     def key_pos_embed(self, grid: tuple[int, int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The (h·w, dim) table added to the keys, as `key_pe` says."""
+        """The (h·w, dim) table added to the keys, as `key_pe` says.
+
+        Built once per grid, dtype and device rather than on every forward (the bicubic resize
+        costs more than the attention of a single query), and again whenever `pos_embed` is
+        replaced or changed in place (loading a checkpoint, `.to()`). A constant: no gradient.
+        """
+        source = self.pos_embed
+        if source.is_inference():  # no version counter to tell whether the table changed
+            return self._build_key_pos_embed(grid, dtype)
+        key = (tuple(grid), dtype, source.device)
+        stamp = (source._version, source.data_ptr())
+        cached = self._key_pe_cache.get(key)
+        if cached is not None and cached[0] is source and cached[1] == stamp:
+            return cached[2]
+        # Outside inference mode, so a table first built there can still meet autograd later.
+        with torch.no_grad(), torch.inference_mode(False):
+            table = self._build_key_pos_embed(grid, dtype)
+        self._key_pe_cache[key] = (source, stamp, table)
+        return table
+
+    def _build_key_pos_embed(self, grid: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
         if self.key_pe == "resized":
             return self.resized_pos_embed(grid).to(dtype)
         return sincos_2d(self.dim, grid, dtype).to(self.pos_embed.device)

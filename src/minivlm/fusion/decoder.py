@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from minivlm.fusion.base import PreFusion
+from minivlm.fusion.mlp import InPlaceGatedMLP, is_gated_mlp
 from minivlm.fusion.rows import layer_rows, supports_row_subset
 from minivlm.llms.base import LanguageModel
 
@@ -43,7 +44,9 @@ class DecoderPreFusion(PreFusion):
     slots; the compressed and text outputs are taken from the last block (no final norm,
     as in the LLaVA-Mini release). Masked text slots are dropped before the blocks run (so
     attention is plain causal, with no (B, T, T) mask), and the last block computes its
-    queries and MLP only for the compressed and text rows when its layout allows it. `init="copy"` starts from the LLM's first `num_layers`
+    queries and MLP only for the compressed and text rows when its layout allows it. Gated
+    (Llama-style) MLPs become `InPlaceGatedMLP`s, which at inference write the activation and
+    product into their own buffers. `init="copy"` starts from the LLM's first `num_layers`
     layers; `"random"` (the release's behaviour) initialises like the LLM does.
     Text embeddings are detached on the way in (`detach_text`), as in the release.
     """
@@ -80,6 +83,10 @@ class DecoderPreFusion(PreFusion):
                     nn.init.normal_(module.weight, std=std)
                     if module.bias is not None:
                         nn.init.zeros_(module.bias)
+        for layer in self.layers:
+            # Same parameters and values; at inference the MLP writes into its own largest buffers.
+            if is_gated_mlp(getattr(layer, "mlp", nn.Module())):
+                layer.mlp = InPlaceGatedMLP(layer.mlp)
         # The rotary module holds only non-persistent buffers; a copy keeps pre-fusion self-contained.
         self.rotary_embedding = copy.deepcopy(llm.rotary_embedding)
         self.requires_grad_(True)

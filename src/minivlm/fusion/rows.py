@@ -52,7 +52,8 @@ def layer_rows(
     query, _ = apply_rope(query, query, cos[:, start:], sin[:, start:])
     _, key = apply_rope(key, key, cos, sin)
     groups = attention.num_key_value_groups
-    key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     # Row `start + i` sees keys 0..start + i: a (rows, t) mask, small since rows << t.
     allowed = torch.arange(t, device=hidden.device)[None, :] <= torch.arange(start, t, device=hidden.device)[:, None]
     scores = (query @ key.transpose(-1, -2)) * attention.scaling
