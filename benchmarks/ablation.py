@@ -1,19 +1,26 @@
 """Does one vision token with pre-fusion keep what all tokens give? The LLaVA-Mini ablation on a CPU.
 
-Trains, with one budget for all (same steps, batch, data and optimiser), on the scenes task
-(`minivlm.data.scenes`: 8×8 crowded scenes, questions that name positions):
+Trains, with one budget for all (same steps, batch, data, optimiser and frozen encoder), on
+the scenes task (`minivlm.data.scenes`: crowded grids, questions that name a cell):
 
-    a    all 64 tokens, no compression (LLaVA-1.5 style)
+    a    all tokens, no compression (LLaVA-1.5 style)
     b    1 token by average pooling, no pre-fusion
     c    1 token by query compression, no pre-fusion
     d1 d2 d4   1 token by query compression + pre-fusion with 1, 2, 4 layers
     e4 e16     4 and 16 tokens by query compression + 4 pre-fusion layers
 
 and reports test accuracy (greedy answers, exact match; mean ± std over seeds), forward
-FLOPs per sample and training wall time per configuration:
+FLOPs per sample and training wall time per configuration.
+
+As in the paper, the vision encoder is pre-trained and frozen: here a 2-layer CLIP-shaped
+encoder (one patch per cell) is trained once, before the study, to tell each patch's colour,
+shape, row and column on scenes of another generator seed (CLIP's pre-training cannot run on
+a CPU), then loaded frozen into every configuration. Everything after it (compressor,
+projector, pre-fusion, a 2-layer Llama) trains from scratch. Runs go `--jobs` at a time, one
+thread each.
 
     PYTHONPATH=src .venv/bin/python benchmarks/ablation.py                       # the full study
-    PYTHONPATH=src .venv/bin/python benchmarks/ablation.py --configs a c d1 --seeds 0 --steps 30 --test-size 64
+    PYTHONPATH=src .venv/bin/python benchmarks/ablation.py --configs a c d1 --seeds 0 --steps 300 --test-size 64
 
 Prints a markdown table; writes JSON to benchmarks/results/, the table into docs/results.md
 (between the ablation markers) and a bar chart to docs/images/ablation.png.
@@ -23,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import logging
 import platform
 import statistics
@@ -30,11 +39,14 @@ import tempfile
 import time
 import warnings
 from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -42,12 +54,15 @@ from barplot import bar_chart
 from minivlm import DecoderPreFusion, HFLanguageModel, HFVisionEncoder, IdentityCompressor, MLPProjector, NoPreFusion
 from minivlm import PoolCompressor, QueryCompressor
 from minivlm.data.datamodule import Collate
-from minivlm.data.scenes import NUMBER_WORDS, ScenesTask, build_scenes_tokenizer
+from minivlm.data.scenes import COLOURS, EMPTY, KINDS, NUMBER_WORDS, SHAPES, ScenesTask, build_scenes_tokenizer
 from minivlm.data.scenes_datamodule import ScenesDataModule, ScenesDataset
+from minivlm.processing.images import normalise_pixels
 from minivlm.training.module import MiniVLMModule
 from minivlm.training.stages import PARTS, PartStage, Stage
 
 VISION_WIDTH, LLM_WIDTH = 64, 64
+# The study's defaults (see the module docstring for why these).
+GRID_SIZE, SCENE, QUESTION_KINDS, STEPS, QUESTIONS = 4, "crowded", ("colour_at", "shape_at"), 1000, 8
 DOCS_START, DOCS_END = "<!-- ablation:start -->", "<!-- ablation:end -->"
 
 
@@ -77,15 +92,68 @@ CONFIGS = {
 }
 
 
-def build_module(config: Config, tokenizer_dir: Path, options: argparse.Namespace) -> MiniVLMModule:
-    """The parts of `config` at the ablation's widths, wrapped for training (every part trains)."""
-    encoder = HFVisionEncoder(
+def scenes_task(options: argparse.Namespace, seed: int | None = None) -> ScenesTask:
+    """The benchmark's task (the data seed unless `seed` is given)."""
+    return ScenesTask(
+        options.image_size, options.data_seed if seed is None else seed, options.grid, tuple(options.kinds),
+        options.occupancy, options.scene,
+    )
+
+
+def build_encoder(options: argparse.Namespace) -> HFVisionEncoder:
+    """A 2-layer CLIP-shaped encoder with one patch per cell of the scene's grid."""
+    return HFVisionEncoder(
         config=dict(
-            model_type="clip_vision_model", image_size=options.image_size, patch_size=options.image_size // 8,
+            model_type="clip_vision_model", image_size=options.image_size, patch_size=options.image_size // options.grid,
             hidden_size=VISION_WIDTH, intermediate_size=2 * VISION_WIDTH, num_hidden_layers=2, num_attention_heads=4,
         ),
         select_layer=-1,
     )
+
+
+def pretrain_encoder(options: argparse.Namespace) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """The stand-in for CLIP: one encoder, trained once before the study and then frozen in
+    every configuration, whose patch features tell each cell's colour, shape, row and column
+    (linear heads on every patch). It sees crowded scenes of another generator seed, never
+    the study's images, and no question."""
+    torch.manual_seed(options.pretrain_seed)
+    task = ScenesTask(options.image_size, options.pretrain_seed, options.grid, scene="crowded")
+    encoder = build_encoder(options)
+    grid = options.grid
+    heads = nn.ModuleDict({
+        "colour": nn.Linear(VISION_WIDTH, len(COLOURS) + 1), "shape": nn.Linear(VISION_WIDTH, len(SHAPES) + 1),
+        "row": nn.Linear(VISION_WIDTH, grid), "column": nn.Linear(VISION_WIDTH, grid),
+    })
+    optimizer = torch.optim.AdamW([*encoder.parameters(), *heads.parameters()], lr=3e-3)
+    cells = torch.arange(grid * grid)
+    batch = options.pretrain_batch_size
+    for step in range(options.pretrain_steps):
+        layouts = np.stack([task.layout(step * batch + i) for i in range(batch)])
+        pixels = torch.from_numpy(np.stack([task.render(layout) for layout in layouts])).permute(0, 3, 1, 2)
+        features = encoder(normalise_pixels(pixels, encoder.image_spec))
+        codes = torch.from_numpy(layouts).reshape(batch, -1)
+        empty = codes == EMPTY
+        targets = {
+            "colour": torch.where(empty, len(COLOURS), codes // len(SHAPES)),
+            "shape": torch.where(empty, len(SHAPES), codes % len(SHAPES)),
+            "row": (cells // grid).expand(batch, -1), "column": (cells % grid).expand(batch, -1),
+        }
+        logits = {name: head(features) for name, head in heads.items()}
+        loss = sum(nn.functional.cross_entropy(logits[k].flatten(0, 1), targets[k].flatten()) for k in heads)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    accuracy = {k: float((logits[k].argmax(-1) == targets[k]).float().mean()) for k in heads}
+    return encoder.state_dict(), accuracy
+
+
+def build_module(
+    config: Config, tokenizer_dir: Path, options: argparse.Namespace, encoder_state: dict[str, torch.Tensor]
+) -> MiniVLMModule:
+    """The parts of `config` at the ablation's widths, wrapped for training: the pre-trained
+    encoder frozen (as the paper keeps CLIP frozen), every other part trained from scratch."""
+    encoder = build_encoder(options)
+    encoder.load_state_dict(encoder_state)
     if config.compressor == "identity":
         compressor = IdentityCompressor(dim=LLM_WIDTH)
     elif config.compressor == "pool":
@@ -95,14 +163,16 @@ def build_module(config: Config, tokenizer_dir: Path, options: argparse.Namespac
     llm = HFLanguageModel(
         config=dict(
             model_type="llama", vocab_size=64, hidden_size=LLM_WIDTH, intermediate_size=2 * LLM_WIDTH,
-            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+            num_hidden_layers=options.llm_layers, num_attention_heads=4, num_key_value_heads=2,
+            max_position_embeddings=512,
         )
     )
     prefusion = DecoderPreFusion(num_layers=config.prefusion_layers) if config.prefusion_layers else NoPreFusion()
+    trained = {part: PartStage("full", options.lr) for part in PARTS if part != "encoder"}
     return MiniVLMModule(
         encoder=encoder, compressor=compressor, projector=MLPProjector(VISION_WIDTH, LLM_WIDTH), prefusion=prefusion,
         llm=llm, tokenizer=str(tokenizer_dir), template="shapes",
-        stage=Stage(**{part: PartStage("full", options.lr) for part in PARTS}, weight_decay=0.01, warmup_ratio=0.05),
+        stage=Stage(**trained, weight_decay=0.01, warmup_ratio=0.05),
     )
 
 
@@ -149,12 +219,18 @@ def answer_prior(task: ScenesTask, train_size: int, test_size: int) -> float:
     return right / len(tests)
 
 
-def run(config: Config, seed: int, options: argparse.Namespace, tokenizer_dir: Path) -> dict:
+def run(config: Config, seed: int, options: argparse.Namespace, tokenizer_dir: str, encoder_path: str) -> dict:
+    """Trains and tests one (configuration, seed) on one thread (runs go `--jobs` at a time)."""
+    torch.set_num_threads(1)
+    logging.getLogger("lightning").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
     L.seed_everything(seed, verbose=False)
-    module = build_module(config, tokenizer_dir, options)
+    module = build_module(config, Path(tokenizer_dir), options, torch.load(encoder_path))
     data = ScenesDataModule(
         train_size=options.steps * options.batch_size, val_size=1, test_size=options.test_size,
-        image_size=options.image_size, seed=options.data_seed, batch_size=options.batch_size,
+        image_size=options.image_size, seed=options.data_seed, batch_size=options.batch_size, grid=options.grid,
+        kinds=tuple(options.kinds), occupancy=options.occupancy, scene=options.scene,
+        questions_per_image=options.questions,
     )
     trainer = L.Trainer(
         accelerator="cpu", devices=1, max_steps=options.steps, max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0,
@@ -241,32 +317,54 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=800, help="training steps, the same for every configuration")
+    parser.add_argument("--steps", type=int, default=STEPS, help="training steps, the same for every configuration")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--test-size", type=int, default=500)
-    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--grid", type=int, default=GRID_SIZE, help="cells per side (one encoder patch per cell)")
+    parser.add_argument("--cell", type=int, default=8, help="pixels per cell side")
+    parser.add_argument("--scene", default=SCENE, choices=["crowded", "distinct"])
+    parser.add_argument("--kinds", nargs="+", default=list(QUESTION_KINDS), choices=list(KINDS))
+    parser.add_argument("--llm-layers", type=int, default=2)
+    parser.add_argument("--questions", type=int, default=QUESTIONS, help="question-answer turns per training image")
+    parser.add_argument("--occupancy", type=float, default=0.5, help="share of occupied cells in crowded scenes")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the scenes generator (same data for all runs)")
+    parser.add_argument("--pretrain-steps", type=int, default=150, help="encoder pre-training steps (0: random frozen encoder)")
+    parser.add_argument("--pretrain-batch-size", type=int, default=64)
+    parser.add_argument("--pretrain-seed", type=int, default=1000, help="generator seed of the pre-training scenes")
+    parser.add_argument("--jobs", type=int, default=2, help="runs trained at once, one thread each")
     parser.add_argument("--out", default="benchmarks/results/ablation.json")
     parser.add_argument("--docs", default="docs/results.md", help="page whose ablation block receives the table ('' to skip)")
     parser.add_argument("--plot", default="docs/images/ablation.png")
     parser.add_argument("--root", default="runs/benchmarks/ablation")
     options = parser.parse_args()
-    if options.steps < 1 or options.test_size < 1 or options.batch_size < 1:
-        parser.error("--steps, --batch-size and --test-size must be positive")
-    logging.getLogger("lightning").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    if min(options.steps, options.test_size, options.batch_size, options.jobs, options.pretrain_batch_size) < 1:
+        parser.error("--steps, --batch-size, --test-size, --jobs and --pretrain-batch-size must be positive")
+    options.image_size = options.grid * options.cell
+    scenes_task(options)  # a bad grid, cell size or question mix fails here, before any training
 
+    # One thread per process: these models are too small for two threads to help, and runs go in parallel.
+    torch.set_num_threads(1)
     started = time.perf_counter()
-    runs = []
-    with tempfile.TemporaryDirectory() as tokenizer_dir:
+    with tempfile.TemporaryDirectory() as scratch:
+        encoder_state, encoder_accuracy = pretrain_encoder(options)
+        pretrain_seconds = time.perf_counter() - started
+        print(f"encoder pre-trained in {pretrain_seconds:.0f} s; per-patch accuracy "
+              + ", ".join(f"{k} {v:.3f}" for k, v in encoder_accuracy.items()), flush=True)
+        encoder_path = str(Path(scratch) / "encoder.pt")
+        torch.save(encoder_state, encoder_path)
+        tokenizer_dir = str(Path(scratch) / "tokenizer")
         build_scenes_tokenizer().save_pretrained(tokenizer_dir)
-        for name in options.configs:
-            for seed in options.seeds:
-                result = run(CONFIGS[name], seed, options, Path(tokenizer_dir))
+        jobs = [(CONFIGS[name], seed) for name in options.configs for seed in options.seeds]
+        runs = []
+        with ProcessPoolExecutor(options.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(run, config, seed, options, tokenizer_dir, encoder_path) for config, seed in jobs]
+            for future in futures:
+                result = future.result()
                 runs.append(result)
-                print(f"{name:>4} seed {seed}: accuracy {result['accuracy']:.3f}  ({result['fit_seconds']:.0f} s)", flush=True)
-    prior = answer_prior(ScenesTask(options.image_size, options.data_seed), 20_000, options.test_size)
+                print(f"{result['config']:>4} seed {result['seed']}: accuracy {result['accuracy']:.3f}  "
+                      f"({result['fit_seconds']:.0f} s)", flush=True)
+    prior = answer_prior(scenes_task(options), 20_000, options.test_size)
     rows = summarise(runs)
     checks = ordering_checks(rows)
     table = markdown(rows, options, prior, checks)
@@ -278,8 +376,9 @@ def main() -> None:
     settings = {k: v for k, v in vars(options).items() if k not in ("out", "docs", "plot", "root")}
     out.write_text(json.dumps({
         "settings": settings, "configs": {n: asdict(CONFIGS[n]) for n in options.configs}, "answer_prior": prior,
+        "encoder_pretraining": {"seconds": round(pretrain_seconds, 1), "per_patch_accuracy": encoder_accuracy},
         "summary": rows, "checks": checks, "runs": runs, "total_minutes": round(total / 60, 1),
-        "machine": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()},
+        "machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()},
     }, indent=2) + "\n")
     if options.docs:
         write_docs_block(Path(options.docs), table + f"\nTotal wall time {total / 60:.1f} min; JSON: `{out}`.\n")
