@@ -143,7 +143,8 @@ def pretrain_encoder(options: argparse.Namespace) -> tuple[dict[str, torch.Tenso
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    accuracy = {k: float((logits[k].argmax(-1) == targets[k]).float().mean()) for k in heads}
+    # Accuracy on the last pre-training batch (none without pre-training).
+    accuracy = {k: float((logits[k].argmax(-1) == targets[k]).float().mean()) for k in heads} if options.pretrain_steps else {}
     return encoder.state_dict(), accuracy
 
 
