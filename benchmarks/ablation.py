@@ -92,11 +92,10 @@ CONFIGS = {
 }
 
 
-def scenes_task(options: argparse.Namespace, seed: int | None = None) -> ScenesTask:
-    """The benchmark's task (the data seed unless `seed` is given)."""
+def scenes_task(options: argparse.Namespace) -> ScenesTask:
+    """The benchmark's task, as every run's data module builds it."""
     return ScenesTask(
-        options.image_size, options.data_seed if seed is None else seed, options.grid, tuple(options.kinds),
-        options.occupancy, options.scene,
+        options.image_size, options.data_seed, options.grid, tuple(options.kinds), options.occupancy, options.scene
     )
 
 
