@@ -11,9 +11,13 @@ The LLM's weights are drawn with std 0.08 instead of transformers' 0.02: with 0.
 sample repeats one to three tokens, which makes "identical tokens" a weak comparison.
 
 transformers runs its default dynamic KV cache. minivlm runs three ways: its default (dynamic
-cache), `cache="static"`, and `cache="static", compile=True`. The compiled path is warmed up
-by one full call per batch size before the timed rounds; that call's wall time is reported
-apart ("first call", compilation included), and the timed rounds exclude it. Inductor's
+cache), `cache="static"`, and `cache="static", compile=True`; a fourth minivlm row is a
+placement control: the default path on a second copy of the converted model whose LLM
+weights were moved, values unchanged, to start at the same offset within a memory page as
+their transformers twins (transformers maps the file, minivlm reads into fresh memory, and
+this CPU's matrix-vector products run faster or slower by up to a quarter with that offset).
+The compiled path is warmed up by one full call per batch size before the timed rounds; that
+call's wall time is reported apart ("first call", compilation included), and the timed rounds exclude it. Inductor's
 on-disk cache starts empty (`TORCHINDUCTOR_CACHE_DIR` in the temporary directory), so the
 first call compiles from scratch.
 
@@ -27,7 +31,8 @@ over rounds (the machine's load drifts between rounds more than within one).
 
 Then, per batch size, the anatomy of one decoding step at the benchmark's cache length, timed
 alternately (`--anatomy-steps` each): the LLM's linear layers alone (the same matmuls on
-random activations: the weights each step must read), the attention alone (SDPA over the
+random activations: the weights each step must read), the same matmuls on transformers'
+weight tensors (equal values, other memory), the attention alone (SDPA over the
 static cache in every layer), the uncompiled static step and the compiled one. What the
 compiled step spends beyond the first two is the overhead that compiling could still remove.
 Prints two tables and writes benchmarks/results/decode.json.
@@ -111,6 +116,9 @@ def make_inputs(model: MiniVLM, batch_size: int) -> tuple[Batch, dict]:
 
 MINIVLM = {"minivlm": {}, "minivlm static": {"cache": "static"},
            "minivlm static+compile": {"cache": "static", "compile": True}}
+# The placement control: minivlm's default path with its LLM weights at transformers' page offsets.
+PLACED = "minivlm, transformers' page offsets"
+TWIN_LINEARS = "linear layers, transformers' weights"
 
 
 def run_minivlm(model: MiniVLM, batch: Batch, new_tokens: int, **options) -> tuple[float, float, torch.Tensor]:
@@ -138,7 +146,46 @@ def build_models(directory: Path) -> tuple[MiniVLM, LlavaForConditionalGeneratio
     return MiniVLM.from_pretrained(directory / "minivlm").eval(), hf
 
 
-def step_anatomy(model: MiniVLM, batch_size: int, prompt: int, new_tokens: int, steps: int) -> dict[str, float]:
+PAGE = 4096
+
+
+def page_offsets(tensors: list[torch.Tensor]) -> dict[int, int]:
+    """How many of `tensors` start at each byte offset within a memory page."""
+    offsets: dict[int, int] = {}
+    for tensor in tensors:
+        offsets[tensor.data_ptr() % PAGE] = offsets.get(tensor.data_ptr() % PAGE, 0) + 1
+    return dict(sorted(offsets.items()))
+
+
+def transformers_twin(name: str, hf: LlavaForConditionalGeneration) -> torch.Tensor:
+    """The transformers parameter that holds the same values as minivlm's LLM parameter `name`."""
+    return hf.get_parameter("lm_head.weight" if name == "lm_head.weight" else "model.language_model." + name[6:])
+
+
+def place_like(model: MiniVLM, hf: LlavaForConditionalGeneration) -> None:
+    """Moves every LLM parameter of `model` to memory that starts at the same offset within a
+    page as its transformers twin (values unchanged): the placement control of `--placement`.
+
+    transformers maps the safetensors file, so its tensors start wherever the file's header
+    length puts them; minivlm reads each tensor into fresh memory, wherever the allocator
+    puts it. On this CPU one matrix-vector product over the same weights runs up to a quarter
+    faster or slower depending on that offset, which offset wins depending on the shape
+    (`page_offset.py`), and decoding at batch 1 is such products."""
+    for name, param in model.llm.model.named_parameters():
+        twin = transformers_twin(name, hf)
+        if not torch.equal(param, twin):
+            raise RuntimeError(f"{name} differs from its transformers twin: the conversion is broken")
+        size = param.numel() * param.element_size()
+        buffer = torch.empty(size + PAGE, dtype=torch.uint8)
+        shift = (twin.data_ptr() - buffer.data_ptr()) % PAGE
+        moved = buffer[shift: shift + size].view(param.dtype).view(param.shape)
+        moved.copy_(param)
+        param.data = moved
+
+
+def step_anatomy(
+    model: MiniVLM, hf: LlavaForConditionalGeneration, batch_size: int, prompt: int, new_tokens: int, steps: int
+) -> dict[str, float]:
     """Median ms of one decoding step's parts at the benchmark's static cache length (see the docstring)."""
     llm = model.llm
     config = llm.model.config
@@ -151,7 +198,9 @@ def step_anatomy(model: MiniVLM, batch_size: int, prompt: int, new_tokens: int, 
     llm(torch.randn(batch_size, prompt, llm.hidden_size, generator=generator), attention_mask=mask,
         position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
     token, step_positions = torch.zeros(batch_size, dtype=torch.long), positions[:, -1:] + 1
-    linears = [m.weight for m in llm.model.modules() if isinstance(m, torch.nn.Linear)]
+    named = [(name + ".weight", m.weight) for name, m in llm.model.named_modules() if isinstance(m, torch.nn.Linear)]
+    linears = [weight for _, weight in named]
+    twins = [transformers_twin(name, hf) for name, _ in named]
     inputs = {w.shape[1]: torch.randn(batch_size, w.shape[1], generator=generator) for w in linears}
     keys = [torch.randn(batch_size, heads, length, head_dim, generator=generator) for _ in range(2)]
     query = torch.randn(batch_size, heads, 1, head_dim, generator=generator)
@@ -163,6 +212,7 @@ def step_anatomy(model: MiniVLM, batch_size: int, prompt: int, new_tokens: int, 
 
     parts = {
         "linear layers": lambda: [torch.nn.functional.linear(inputs[w.shape[1]], w) for w in linears],
+        TWIN_LINEARS: lambda: [torch.nn.functional.linear(inputs[w.shape[1]], w) for w in twins],
         "attention": lambda: [torch.nn.functional.scaled_dot_product_attention(query, *keys, attn_mask=attention_mask)
                               for _ in range(config.num_hidden_layers)],
         "static step": lambda: (rewind(), decode_step(llm, token, mask, step_positions, cache)),
@@ -191,8 +241,14 @@ def main() -> None:
         # An empty inductor cache, so the first compiled call compiles from scratch.
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tmp) / "inductor")
         model, hf = build_models(Path(tmp))
+        placed = MiniVLM.from_pretrained(Path(tmp) / "minivlm").eval()
+        place_like(placed, hf)
+        offsets = {"minivlm": page_offsets(list(model.llm.parameters())),
+                   PLACED: page_offsets(list(placed.llm.parameters())),
+                   "transformers": page_offsets([transformers_twin(n, hf) for n, _ in model.llm.model.named_parameters()])}
         runners = {name: (lambda inputs, n, kwargs=kwargs: run_minivlm(model, inputs[0], n, **kwargs))
                    for name, kwargs in MINIVLM.items()}
+        runners[PLACED] = lambda inputs, n: run_minivlm(placed, inputs[0], n)
         runners["transformers"] = lambda inputs, n: run_transformers(hf, inputs[1], n)
         inputs = {size: make_inputs(model, size) for size in PROMPTS}
         for name, runner in runners.items():  # warm-up: one short call each
@@ -218,7 +274,7 @@ def main() -> None:
         anatomy = {}
         for size in PROMPTS:
             prompt = model.tokens_per_image + max(PROMPTS[size])
-            anatomy[size] = step_anatomy(model, size, prompt, options.new_tokens, options.anatomy_steps)
+            anatomy[size] = step_anatomy(model, hf, size, prompt, options.new_tokens, options.anatomy_steps)
     rows = []
     for (size, name), values in samples.items():
         rows.append({
@@ -247,15 +303,20 @@ def main() -> None:
               f"{row['decode_tokens_per_s_max']:.1f} | {row['ttft_vs_transformers']:.2f} | "
               f"{row['decode_vs_transformers']:.2f} | {row['tokens_identical_to_transformers']} | "
               f"{row['distinct_tokens']} | {first} |")
-    print("\n| batch | linear layers ms | attention ms | static step ms | compiled step ms | compiled beyond linear + attention |")
-    print("|---|---|---|---|---|---|")
+    print("\n| batch | linear layers ms | same on transformers' weights ms | attention ms | static step ms | "
+          "compiled step ms | compiled beyond linear + attention |")
+    print("|---|---|---|---|---|---|---|")
     for size, parts in anatomy.items():
         floor = parts["linear layers"] + parts["attention"]
-        print(f"| {size} | {parts['linear layers']:.1f} | {parts['attention']:.1f} | {parts['static step']:.1f} | "
+        print(f"| {size} | {parts['linear layers']:.1f} | {parts[TWIN_LINEARS]:.1f} | "
+              f"{parts['attention']:.1f} | {parts['static step']:.1f} | "
               f"{parts['compiled step']:.1f} | {(parts['compiled step'] - floor) / parts['compiled step']:.0%} |")
+    print("\nLLM parameters per start offset within a 4096-byte page: "
+          + "; ".join(f"{name} {value}" for name, value in offsets.items()))
     result = {"torch": torch.__version__, "machine": platform.machine(), "threads": options.threads,
               "rounds": options.rounds, "new_tokens": options.new_tokens, "config": CONFIG, "rows": rows,
               "step_anatomy_ms": {str(size): parts for size, parts in anatomy.items()},
+              "llm_parameter_page_offsets": {name: {str(k): v for k, v in value.items()} for name, value in offsets.items()},
               "tokens": {f"{name} batch {size}": value for (size, name), value in tokens.items()}}
     Path(options.out).parent.mkdir(parents=True, exist_ok=True)
     Path(options.out).write_text(json.dumps(result, indent=2))
