@@ -27,9 +27,10 @@ BIN_FILE = "pytorch_model.bin"
 
 
 @contextmanager
-def parameters_on_meta() -> Iterator[None]:
-    """Every parameter registered inside goes to the meta device, no initialiser runs;
-    buffers are created normally (they are derived from the config, not stored)."""
+def registered_on_meta() -> Iterator[None]:
+    """Every parameter registered inside goes to the meta device (no memory); buffers are
+    created normally. Initialisers still run (on meta, where they cost nothing but time):
+    `parameters_on_meta` and `minivlm.model.weights.empty_parameters` add how to skip them."""
     register = nn.Module.register_parameter
 
     def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
@@ -39,10 +40,17 @@ def parameters_on_meta() -> Iterator[None]:
 
     nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
     try:
-        with no_init_weights():
-            yield
+        yield
     finally:
         nn.Module.register_parameter = register  # type: ignore[method-assign]
+
+
+@contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Every parameter registered inside goes to the meta device, no transformers initialiser
+    runs; buffers are created normally (they are derived from the config, not stored)."""
+    with registered_on_meta(), no_init_weights():
+        yield
 
 
 def has_meta_parameters(module: nn.Module) -> bool:

@@ -167,3 +167,10 @@ def test_bad_option_combinations_are_refused_by_name(setup, monkeypatch):
         model.generate(batch, max_new_tokens=2, cache="static")
     with pytest.raises(ValueError, match="LanguageModel has no static KV cache"):
         decoding.check_decode_options(LanguageModel(), "static", False)
+
+
+def test_a_static_cache_cannot_continue_an_earlier_cache(setup):
+    model, _, _, _ = setup
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    with pytest.raises(ValueError, match="continuing an earlier cache .* needs cache='dynamic'"):
+        decoding.Decoder(model.llm, mask, 8, "static", False, past=object())

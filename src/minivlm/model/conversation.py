@@ -26,7 +26,8 @@ from transformers import DynamicCache
 from minivlm.fusion.base import NoPreFusion
 from minivlm.fusion.decoder import DecoderPreFusion
 from minivlm.model import generation
-from minivlm.model.generation import GenerationOutput, TokenStreamer, check_sampling, choose_tokens
+from minivlm.model.decoding import Decoder
+from minivlm.model.generation import GenerationOutput, TokenStreamer, check_sampling
 from minivlm.model.inputs import splice_media
 from minivlm.processing.batch import PLACEHOLDER_ID, Batch
 
@@ -116,33 +117,16 @@ class CachedConversation:
         past = self._llm_length(start)
         mask = torch.ones(1, past + embeds.shape[1], dtype=torch.bool, device=embeds.device)
         positions = torch.arange(past, past + embeds.shape[1], device=embeds.device)[None]
-        logits, cache = self.model.llm(
-            embeds, attention_mask=mask, position_ids=positions, cache=self.llm_cache, use_cache=True, logits_to_keep=1
+        decoder = Decoder(self.model.llm, mask, mask.shape[1] + max_new_tokens - 1, "dynamic", False, past=self.llm_cache)
+        logits = decoder.prefill(embeds, positions)
+        out = generation.continue_from(
+            decoder, logits, positions[:, -1:] + 1, max_new_tokens, eos_token_id, pad_token_id, temperature, top_p,
+            generator, streamer, keep_scores,
         )
-        fed: list[int] = []
-        generated: list[torch.Tensor] = []
-        scores: list[torch.Tensor] = []
-        for step in range(max_new_tokens):
-            if keep_scores:
-                scores.append(logits[:, -1].float())
-            token = choose_tokens(logits[:, -1], temperature, top_p, generator)
-            generated.append(token)
-            if streamer is not None:
-                streamer.put(token)
-            if step == max_new_tokens - 1 or (eos_token_id is not None and int(token) == eos_token_id):
-                break
-            fed.append(int(token))
-            mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
-            positions = positions[:, -1:] + 1
-            logits, cache = self.model.llm(
-                self.model.llm.embed(token[:, None]), attention_mask=mask, position_ids=positions, cache=cache,
-                use_cache=True, logits_to_keep=1,
-            )
-        if streamer is not None:
-            streamer.end()
         # The cache now holds the prompt and every chosen token but the last (no forward ran after it).
-        self.ids, self.fused, self.llm_cache = ids + fed, fused + [False] * len(fed), cache
-        return GenerationOutput(torch.stack(generated, dim=1), scores if keep_scores else None)
+        fed = out.tokens[0, :-1].tolist()
+        self.ids, self.fused, self.llm_cache = ids + fed, fused + [False] * len(fed), decoder.cache
+        return out
 
     def _use_image(self, pixels: torch.Tensor | None) -> None:
         """Keeps the caches when `pixels` is the image they belong to; otherwise starts over and,

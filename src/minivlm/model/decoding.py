@@ -73,15 +73,21 @@ class Decoder:
     then `step` one token per sample at a time; both return the next logits (B, V).
 
     `mask` (B, T) is the prompt's attention mask, `length` the most positions the cache
-    will hold (prompt and fed tokens).
+    will hold (prompt and fed tokens). `past`, a dynamic cache that already holds the first
+    positions of `mask` (an earlier turn of a conversation), is continued in place; the
+    prompt given to `prefill` is then only what follows it.
     """
 
-    def __init__(self, llm: LanguageModel, mask: torch.Tensor, length: int, cache: CacheKind, compile: bool) -> None:
+    def __init__(
+        self, llm: LanguageModel, mask: torch.Tensor, length: int, cache: CacheKind, compile: bool, past: Any = None
+    ) -> None:
         check_decode_options(llm, cache, compile)
+        if past is not None and cache != "dynamic":
+            raise ValueError("continuing an earlier cache (`past`) needs cache='dynamic'")
         self.llm = llm
         self.static = cache == "static"
         self.mask = mask
-        self.cache: Any = None
+        self.cache: Any = past
         if self.static:
             length = -(-length // STATIC_LENGTH_MULTIPLE) * STATIC_LENGTH_MULTIPLE
             self.cache = llm.static_cache(mask.shape[0], length)

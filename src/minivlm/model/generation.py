@@ -96,8 +96,30 @@ def generate(
     # The last chosen token never enters the LLM: the cache holds the prompt and max_new_tokens - 1 more.
     decoder = Decoder(model.llm, mask, mask.shape[1] + max_new_tokens - 1, cache, compile)
     logits = decoder.prefill(embeds, positions)
-    next_positions = positions[:, -1:] + 1
-    finished = torch.zeros(embeds.shape[0], dtype=torch.bool, device=embeds.device)
+    return continue_from(
+        decoder, logits, positions[:, -1:] + 1, max_new_tokens, eos_token_id, pad_token_id, temperature, top_p,
+        generator, streamer, keep_scores,
+    )
+
+
+def continue_from(
+    decoder: Decoder,
+    logits: torch.Tensor,
+    next_positions: torch.Tensor,
+    max_new_tokens: int,
+    eos_token_id: int | None,
+    pad_token_id: int,
+    temperature: float,
+    top_p: float,
+    generator: torch.Generator | None,
+    streamer: TokenStreamer | None,
+    keep_scores: bool,
+) -> GenerationOutput:
+    """The token loop after `decoder.prefill`: chooses from `logits` (B, V), feeds each choice
+    at `next_positions` (B, 1) onwards, and stops at `max_new_tokens` or when every sample has
+    emitted EOS. The last chosen token is never fed, so the decoder's cache ends holding the
+    prompt and every chosen token but the last (for a batch of one: all of `tokens[0, :-1]`)."""
+    finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
     generated: list[torch.Tensor] = []
     scores: list[torch.Tensor] = []
     for step in range(max_new_tokens):

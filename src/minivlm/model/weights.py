@@ -22,6 +22,8 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from minivlm.weights import registered_on_meta
+
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_SIZE = 5 * 2**30
@@ -67,20 +69,11 @@ class _SkipRandomInit(TorchFunctionMode):
 
 @contextmanager
 def empty_parameters() -> Iterator[None]:
-    """Modules built inside get meta parameters (no memory, no random init) and real buffers."""
-    register = nn.Module.register_parameter
-
-    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        register(module, name, param)
-        if param is not None and param.device.type != "meta":
-            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-
-    nn.Module.register_parameter = register_on_meta
-    try:
-        with _SkipRandomInit():
-            yield
-    finally:
-        nn.Module.register_parameter = register
+    """Modules built inside get meta parameters (no memory, no random init) and real buffers.
+    Unlike `minivlm.weights.parameters_on_meta`, random initialisers are skipped for any module
+    (a user's own part too), not only transformers ones."""
+    with registered_on_meta(), _SkipRandomInit():
+        yield
 
 
 def _unique_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
