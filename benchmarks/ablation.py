@@ -12,12 +12,23 @@ the scenes task (`minivlm.data.scenes`: crowded grids, questions that name a cel
 and reports test accuracy (greedy answers, exact match; mean ± std over seeds), forward
 FLOPs per sample and training wall time per configuration.
 
-As in the paper, the vision encoder is pre-trained and frozen: here a 2-layer CLIP-shaped
-encoder (one patch per cell) is trained once, before the study, to tell each patch's colour,
-shape, row and column on scenes of another generator seed (CLIP's pre-training cannot run on
-a CPU), then loaded frozen into every configuration. Everything after it (compressor,
-projector, pre-fusion, a 2-layer Llama) trains from scratch. Runs go `--jobs` at a time, one
-thread each.
+As in the paper, the vision encoder and the LLM are pre-trained, once, before the study (their
+real pre-training cannot run on a CPU):
+
+- the encoder, a 2-layer CLIP-shaped one with one patch per cell, learns to tell each patch's
+  colour, shape, row and column on scenes of another generator seed, and is then loaded
+  frozen into every configuration (the paper keeps CLIP frozen);
+- the LLM, a small Llama, learns a text-only version of the task (`pretrain_llm`: each
+  cell's words summed into one position where the image goes, the same questions, and the
+  grid read aloud), so it can already find "cell e3" among the grid's positions, as the
+  paper's Vicuna can read what it is given. Every configuration starts from it and trains it
+  further; with `--prefusion-init copy` (the default) pre-fusion layers start from the LLM's
+  first layers (`DecoderPreFusion(init="copy")`), with `random` from scratch as in the release.
+
+Compressor, projector and pre-fusion train from scratch, with one budget for all. Questions
+name cells with one word each (`--names cells`; `words` is the task's default naming,
+"row three column five", with which the LLM cannot be pre-trained: summed into one position,
+row and column words would be indistinguishable). Runs go `--jobs` at a time, one thread each.
 
     PYTHONPATH=src .venv/bin/python benchmarks/ablation.py                       # the full study
     PYTHONPATH=src .venv/bin/python benchmarks/ablation.py --configs a c d1 --seeds 0 --steps 300 --test-size 64
@@ -54,15 +65,20 @@ from barplot import bar_chart
 from minivlm import DecoderPreFusion, HFLanguageModel, HFVisionEncoder, IdentityCompressor, MLPProjector, NoPreFusion
 from minivlm import PoolCompressor, QueryCompressor
 from minivlm.data.datamodule import Collate
-from minivlm.data.scenes import COLOURS, EMPTY, KINDS, NUMBER_WORDS, SHAPES, ScenesTask, build_scenes_tokenizer
+from minivlm.data.scenes import CELL_NAMES, COLOURS, EMPTY, KINDS, NAMES, NUMBER_WORDS, SHAPES, ScenesTask
+from minivlm.data.scenes import build_scenes_tokenizer, cell_name
 from minivlm.data.scenes_datamodule import ScenesDataModule, ScenesDataset
+from minivlm.model.inputs import splice_media
+from minivlm.model.loss import label_positions, next_token_loss
 from minivlm.processing.images import normalise_pixels
+from minivlm.processing.processor import Processor
+from minivlm.processing.templates import Turn, get_template
 from minivlm.training.module import MiniVLMModule
 from minivlm.training.stages import PARTS, PartStage, Stage
 
-VISION_WIDTH, LLM_WIDTH = 64, 64
+VISION_WIDTH, LLM_WIDTH = 64, 128
 # The study's defaults (see the module docstring for why these).
-GRID_SIZE, SCENE, QUESTION_KINDS, STEPS, QUESTIONS = 4, "crowded", ("colour_at", "shape_at"), 1000, 8
+GRID_SIZE, SCENE, QUESTION_KINDS, STEPS, QUESTIONS = 4, "crowded", ("colour_at", "shape_at"), 500, 8
 DOCS_START, DOCS_END = "<!-- ablation:start -->", "<!-- ablation:end -->"
 
 
@@ -95,7 +111,8 @@ CONFIGS = {
 def scenes_task(options: argparse.Namespace) -> ScenesTask:
     """The benchmark's task, as every run's data module builds it."""
     return ScenesTask(
-        options.image_size, options.data_seed, options.grid, tuple(options.kinds), options.occupancy, options.scene
+        options.image_size, options.data_seed, options.grid, tuple(options.kinds), options.occupancy, options.scene,
+        options.names,
     )
 
 
@@ -147,11 +164,114 @@ def pretrain_encoder(options: argparse.Namespace) -> tuple[dict[str, torch.Tenso
     return encoder.state_dict(), accuracy
 
 
+def build_llm(options: argparse.Namespace) -> HFLanguageModel:
+    """The small Llama every configuration uses (its vocabulary: the task's words)."""
+    return HFLanguageModel(
+        config=dict(
+            model_type="llama", vocab_size=len(build_scenes_tokenizer(options.names)), hidden_size=LLM_WIDTH,
+            intermediate_size=2 * LLM_WIDTH, num_hidden_layers=options.llm_layers, num_attention_heads=4, num_key_value_heads=2,
+            max_position_embeddings=512,
+        )
+    )
+
+
+def cell_words(layouts: np.ndarray, tokenizer) -> torch.Tensor:
+    """(B, grid², 3) token ids of each cell's words, cells in the encoder's patch order (row-major):
+    its one-word name, colour and shape (-1 for an empty cell's colour and shape)."""
+    grid = layouts.shape[1]
+    ids = tokenizer.get_vocab()
+    codes = layouts.reshape(len(layouts), -1)
+    words = np.full((*codes.shape, 3), -1)
+    words[..., 0] = [ids[cell_name(*divmod(cell, grid))] for cell in range(grid * grid)]
+    occupied = codes != EMPTY
+    words[..., 1] = np.where(occupied, np.array([ids[c] for c in COLOURS])[codes // len(SHAPES)], -1)
+    words[..., 2] = np.where(occupied, np.array([ids[s] for s in SHAPES])[codes % len(SHAPES)], -1)
+    return torch.from_numpy(words)
+
+
+def read_aloud(layout: np.ndarray) -> str:
+    """The scene's occupied cells in reading order, each as its name, colour and shape
+    ("d1 yellow triangle a2 red circle ..."): every colour and shape follows the cell's name, so
+    predicting it is a one-step lookup, the half of a question that is learnt first."""
+    words = []
+    for row, col in zip(*np.nonzero(layout != EMPTY)):
+        colour, shape = divmod(int(layout[row, col]), len(SHAPES))
+        words.append(f"{cell_name(row, col)} {COLOURS[colour]} {SHAPES[shape]}")
+    return " ".join(words)
+
+
+def pretrain_llm(options: argparse.Namespace) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """The stand-in for a pre-trained LLM (the paper's Vicuna): the study's Llama, trained once
+    before the study on a text-only version of the task, then the start of every configuration.
+
+    Each scene is written cell by cell: a cell's words (its one-word name, colour and shape; an
+    empty cell has only its name) are summed into one input position, the way a vision token
+    carries one patch, and the grid's positions take the image's place in the conversations the
+    study trains on (its question kinds and turns per scene); after the questions (so that they
+    cannot be answered from it) the grid is read aloud as one more answer (`read_aloud`). So the
+    LLM learns the lookup "cell e3 -> that position's colour and shape" from text, and each
+    configuration then only has to map its vision tokens onto it. The scenes come from another
+    generator seed than the study's. Returns the LLM's state and its answer accuracy on the
+    questions about 256 held-out text scenes."""
+    torch.manual_seed(options.pretrain_seed)
+    task = ScenesTask(
+        options.image_size, options.pretrain_seed, options.grid, tuple(options.kinds), options.occupancy, options.scene,
+        options.names,
+    )
+    tokenizer = build_scenes_tokenizer(options.names)
+    processor = Processor(tokenizer, get_template("shapes", tokenizer), build_encoder(options).image_spec, options.grid**2)
+    collate = Collate(processor)
+    llm = build_llm(options)
+    optimizer = torch.optim.AdamW(llm.parameters(), lr=options.llm_pretrain_lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, options.llm_pretrain_lr, total_steps=options.llm_pretrain_steps, pct_start=0.05
+    )
+
+    def forward(dataset: ScenesDataset, rows: range, aloud: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(final hidden states, labels) of the text version of `dataset[rows]`."""
+        layouts = np.stack([task.layout(dataset.indices[i]) for i in rows])
+        records = [dataset[i] for i in rows]
+        if aloud:  # after the questions, so that they cannot be answered from it
+            records = [
+                (turns + [Turn("user", "?"), Turn("assistant", read_aloud(layout))], images)
+                for (turns, images), layout in zip(records, layouts)
+            ]
+        batch = collate(records)
+        words = cell_words(layouts, tokenizer)
+        cells = (llm.embed(words.clamp(min=0)) * (words >= 0)[..., None]).sum(2)  # an empty cell's -1s add nothing
+        text = llm.embed(batch.input_ids.clamp(min=0))
+        counts = torch.full((len(rows),), options.grid**2)
+        inputs = splice_media(text, batch.input_ids, batch.attention_mask, cells.flatten(0, 1), counts, batch.labels)
+        hidden, _ = llm(inputs.embeds, attention_mask=inputs.attention_mask, hidden_only=True)
+        return hidden, inputs.labels
+
+    batch_size = options.batch_size
+    train = ScenesDataset(task, "train", options.llm_pretrain_steps * batch_size, questions_per_image=options.questions)
+    for step in range(options.llm_pretrain_steps):
+        hidden, labels = forward(train, range(step * batch_size, (step + 1) * batch_size), aloud=True)
+        loss_sum, count = next_token_loss(hidden, llm.output_head, labels, llm.vocab_size)
+        optimizer.zero_grad()
+        (loss_sum / count).backward()
+        nn.utils.clip_grad_norm_(llm.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+    # Accuracy of the answer words (not the end-of-turn markers) on held-out scenes, questions only.
+    test = ScenesDataset(task, "test", 256, questions_per_image=options.questions)
+    with torch.no_grad():
+        hidden, labels = forward(test, range(len(test)), aloud=False)
+        mask, targets = label_positions(labels)
+        predicted = llm.output_head(hidden[:, :-1][mask]).argmax(-1)
+        answers = targets != processor.eos_token_id
+    return llm.state_dict(), {"answer_accuracy": float((predicted == targets)[answers].float().mean())}
+
+
 def build_module(
-    config: Config, tokenizer_dir: Path, options: argparse.Namespace, encoder_state: dict[str, torch.Tensor]
+    config: Config, tokenizer_dir: Path, options: argparse.Namespace, encoder_state: dict[str, torch.Tensor],
+    llm_state: dict[str, torch.Tensor] | None = None,
 ) -> MiniVLMModule:
     """The parts of `config` at the ablation's widths, wrapped for training: the pre-trained
-    encoder frozen (as the paper keeps CLIP frozen), every other part trained from scratch."""
+    encoder frozen (as the paper keeps CLIP frozen), the LLM from `llm_state` (the pre-trained
+    LLM; None: from scratch) and pre-fusion as `--prefusion-init` says, all trained but the encoder."""
     encoder = build_encoder(options)
     encoder.load_state_dict(encoder_state)
     if config.compressor == "identity":
@@ -160,20 +280,22 @@ def build_module(
         compressor = PoolCompressor(dim=LLM_WIDTH, size=config.size)
     else:
         compressor = QueryCompressor(dim=VISION_WIDTH, size=config.size, num_heads=4, semantics="release")
-    llm = HFLanguageModel(
-        config=dict(
-            model_type="llama", vocab_size=64, hidden_size=LLM_WIDTH, intermediate_size=2 * LLM_WIDTH,
-            num_hidden_layers=options.llm_layers, num_attention_heads=4, num_key_value_heads=2,
-            max_position_embeddings=512,
-        )
-    )
+    llm = build_llm(options)
+    if llm_state is not None:
+        llm.load_state_dict(llm_state)
     prefusion = DecoderPreFusion(num_layers=config.prefusion_layers) if config.prefusion_layers else NoPreFusion()
     trained = {part: PartStage("full", options.lr) for part in PARTS if part != "encoder"}
-    return MiniVLMModule(
+    module = MiniVLMModule(
         encoder=encoder, compressor=compressor, projector=MLPProjector(VISION_WIDTH, LLM_WIDTH), prefusion=prefusion,
         llm=llm, tokenizer=str(tokenizer_dir), template="shapes",
         stage=Stage(**trained, weight_decay=0.01, warmup_ratio=0.05),
     )
+    if config.prefusion_layers and options.prefusion_init == "copy":
+        # The LLM's layers, in order, start the first pre-fusion layers (DecoderPreFusion(init="copy") when
+        # there are as many); a deeper stack than the LLM (4 layers on a 2-layer LLM) keeps random ones after them.
+        for ours, theirs in zip(module.model.prefusion.layers, module.model.llm.decoder_layers):
+            ours.load_state_dict(theirs.state_dict())
+    return module
 
 
 def flops_per_sample(module: MiniVLMModule, task: ScenesTask) -> float:
@@ -208,7 +330,7 @@ def test_accuracy(module: MiniVLMModule, task: ScenesTask, size: int) -> tuple[f
 def answer_prior(task: ScenesTask, train_size: int, test_size: int) -> float:
     """Accuracy of the best answer per question with its positions blanked (what no image gives)."""
     def strip(question: str) -> str:
-        return " ".join(word for word in question.split() if word not in NUMBER_WORDS)
+        return " ".join(word for word in question.split() if word not in NUMBER_WORDS and word not in CELL_NAMES)
 
     counts: dict[str, Counter] = defaultdict(Counter)
     for index in task.indices("train", train_size):
@@ -219,18 +341,21 @@ def answer_prior(task: ScenesTask, train_size: int, test_size: int) -> float:
     return right / len(tests)
 
 
-def run(config: Config, seed: int, options: argparse.Namespace, tokenizer_dir: str, encoder_path: str) -> dict:
+def run(
+    config: Config, seed: int, options: argparse.Namespace, tokenizer_dir: str, encoder_path: str, llm_path: str | None
+) -> dict:
     """Trains and tests one (configuration, seed) on one thread (runs go `--jobs` at a time)."""
     torch.set_num_threads(1)
     logging.getLogger("lightning").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     L.seed_everything(seed, verbose=False)
-    module = build_module(config, Path(tokenizer_dir), options, torch.load(encoder_path))
+    llm_state = torch.load(llm_path) if llm_path else None
+    module = build_module(config, Path(tokenizer_dir), options, torch.load(encoder_path), llm_state)
     data = ScenesDataModule(
         train_size=options.steps * options.batch_size, val_size=1, test_size=options.test_size,
         image_size=options.image_size, seed=options.data_seed, batch_size=options.batch_size, grid=options.grid,
         kinds=tuple(options.kinds), occupancy=options.occupancy, scene=options.scene,
-        questions_per_image=options.questions,
+        questions_per_image=options.questions, names=options.names,
     )
     trainer = L.Trainer(
         accelerator="cpu", devices=1, max_steps=options.steps, max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0,
@@ -285,12 +410,17 @@ def ordering_checks(rows: list[dict]) -> list[str]:
     return checks
 
 
-def markdown(rows: list[dict], options: argparse.Namespace, prior: float, checks: list[str]) -> str:
+def markdown(rows: list[dict], options: argparse.Namespace, prior: float, llm_accuracy: dict, checks: list[str]) -> str:
     kinds = list(rows[0]["per_kind"])
+    pretrained = (
+        f"LLM pre-trained on text for {options.llm_pretrain_steps} steps "
+        f"({100 * llm_accuracy['answer_accuracy']:.1f} % on held-out text), pre-fusion init {options.prefusion_init}"
+        if options.llm_pretrain_steps else "LLM from scratch"
+    )
     lines = [
         f"Settings: {options.steps} steps × batch {options.batch_size} for every configuration, "
         f"seeds {', '.join(map(str, options.seeds))}, test on {options.test_size} held-out scenes; "
-        f"answer prior (no image) {100 * prior:.1f} %.",
+        f"{pretrained}; answer prior (no image) {100 * prior:.1f} %.",
         "",
         "| config | | tokens | accuracy % (mean ± std) | " + " | ".join(kinds) + " | GFLOPs / sample | train s |",
         "|---|---|---|---|" + "---|" * len(kinds) + "---|---|",
@@ -325,6 +455,9 @@ def main() -> None:
     parser.add_argument("--cell", type=int, default=8, help="pixels per cell side")
     parser.add_argument("--scene", default=SCENE, choices=["crowded", "distinct"])
     parser.add_argument("--kinds", nargs="+", default=list(QUESTION_KINDS), choices=list(KINDS))
+    parser.add_argument(
+        "--names", default="cells", choices=list(NAMES), help="cells named by one word (e3) or by row and column words"
+    )
     parser.add_argument("--llm-layers", type=int, default=2)
     parser.add_argument("--questions", type=int, default=QUESTIONS, help="question-answer turns per training image")
     parser.add_argument("--occupancy", type=float, default=0.5, help="share of occupied cells in crowded scenes")
@@ -332,6 +465,14 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, default=150, help="encoder pre-training steps (0: random frozen encoder)")
     parser.add_argument("--pretrain-batch-size", type=int, default=64)
     parser.add_argument("--pretrain-seed", type=int, default=1000, help="generator seed of the pre-training scenes")
+    parser.add_argument(
+        "--llm-pretrain-steps", type=int, default=1000, help="text-only LLM pre-training steps (0: the LLM starts from scratch)"
+    )
+    parser.add_argument("--llm-pretrain-lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--prefusion-init", default="copy", choices=["random", "copy"],
+        help="pre-fusion layers start from the LLM's layers (as many as it has, the rest random) or random (the release)",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at once, one thread each")
     parser.add_argument("--out", default="benchmarks/results/ablation.json")
     parser.add_argument("--docs", default="docs/results.md", help="page whose ablation block receives the table ('' to skip)")
@@ -341,6 +482,8 @@ def main() -> None:
     if min(options.steps, options.test_size, options.batch_size, options.jobs, options.pretrain_batch_size) < 1:
         parser.error("--steps, --batch-size, --test-size, --jobs and --pretrain-batch-size must be positive")
     options.image_size = options.grid * options.cell
+    if options.llm_pretrain_steps and options.names != "cells":
+        parser.error("--llm-pretrain-steps needs --names cells (or 0: an LLM trained from scratch)")
     scenes_task(options)  # a bad grid, cell size or question mix fails here, before any training
 
     # One thread per process: these models are too small for two threads to help, and runs go in parallel.
@@ -354,11 +497,19 @@ def main() -> None:
         encoder_path = str(Path(scratch) / "encoder.pt")
         torch.save(encoder_state, encoder_path)
         tokenizer_dir = str(Path(scratch) / "tokenizer")
-        build_scenes_tokenizer().save_pretrained(tokenizer_dir)
+        build_scenes_tokenizer(options.names).save_pretrained(tokenizer_dir)
+        llm_path, llm_accuracy, llm_seconds = None, {}, 0.0
+        if options.llm_pretrain_steps:
+            llm_started = time.perf_counter()
+            llm_state, llm_accuracy = pretrain_llm(options)
+            llm_seconds = time.perf_counter() - llm_started
+            print(f"LLM pre-trained in {llm_seconds:.0f} s; answer accuracy {llm_accuracy['answer_accuracy']:.3f}", flush=True)
+            llm_path = str(Path(scratch) / "llm.pt")
+            torch.save(llm_state, llm_path)
         jobs = [(CONFIGS[name], seed) for name in options.configs for seed in options.seeds]
         runs = []
         with ProcessPoolExecutor(options.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(run, config, seed, options, tokenizer_dir, encoder_path) for config, seed in jobs]
+            futures = [pool.submit(run, config, seed, options, tokenizer_dir, encoder_path, llm_path) for config, seed in jobs]
             for future in futures:
                 result = future.result()
                 runs.append(result)
@@ -367,7 +518,7 @@ def main() -> None:
     prior = answer_prior(scenes_task(options), 20_000, options.test_size)
     rows = summarise(runs)
     checks = ordering_checks(rows)
-    table = markdown(rows, options, prior, checks)
+    table = markdown(rows, options, prior, llm_accuracy, checks)
     total = time.perf_counter() - started
     print("\n" + table + f"\ntotal wall time {total / 60:.1f} min")
 
@@ -377,6 +528,7 @@ def main() -> None:
     out.write_text(json.dumps({
         "settings": settings, "configs": {n: asdict(CONFIGS[n]) for n in options.configs}, "answer_prior": prior,
         "encoder_pretraining": {"seconds": round(pretrain_seconds, 1), "per_patch_accuracy": encoder_accuracy},
+        "llm_pretraining": {"seconds": round(llm_seconds, 1), **llm_accuracy},
         "summary": rows, "checks": checks, "runs": runs, "total_minutes": round(total / 60, 1),
         "machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()},
     }, indent=2) + "\n")

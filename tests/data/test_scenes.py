@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from minivlm.data.scenes import (
+    CELL_NAMES,
     COLOUR_RGB,
     COLOURS,
     EMPTY,
@@ -19,6 +20,7 @@ from minivlm.data.scenes import (
     SHAPES,
     ScenesTask,
     build_scenes_tokenizer,
+    cell_name,
     layout_split,
 )
 from minivlm.data.scenes_datamodule import ScenesDataset
@@ -162,6 +164,34 @@ def test_small_grids_render_one_cell_per_patch_and_answer_from_the_pixels():
     assert set(kinds) == {"colour_at", "shape_at"} and min(kinds.values()) > 60
 
 
+def test_cell_names_name_each_position_by_one_word_of_the_tokenizer():
+    """names="cells": "cell e3" is column e, row three, one token; the scenes and answers are the default's."""
+    task = ScenesTask(image_size=32, seed=0, grid=4, names="cells")
+    words = ScenesTask(image_size=32, seed=0, grid=4)
+    tokenizer = build_scenes_tokenizer("cells")
+    names = {cell_name(row, col): (row, col) for row in range(4) for col in range(4)}
+    assert cell_name(2, 4) == "e3" and len(names) == 16
+    kinds = Counter()
+    for index in range(300):
+        s, w = task.sample(index), words.sample(index)
+        assert np.array_equal(s.image, w.image) and (s.answer, s.kind) == (w.answer, w.kind)
+        assert not CELL_RE.search(s.question)
+        cells = [names[word] for word in s.question.split() if word in names]
+        if s.kind == "count_row":
+            assert not cells
+        else:
+            assert cells == [(NUMBER_WORDS.index(r) - 1, NUMBER_WORDS.index(c) - 1) for r, c in CELL_RE.findall(w.question)]
+        if s.kind in ("colour_at", "shape_at"):
+            colour, shape = read_cell(s.image, *cells[0], grid=4)
+            assert s.answer == (colour if s.kind == "colour_at" else shape)
+        ids = tokenizer(f"{s.question} {s.answer}", add_special_tokens=False)["input_ids"]
+        assert tokenizer.unk_token_id not in ids and len(ids) == len(f"{s.question} {s.answer}".split())
+        kinds[s.kind] += 1
+    assert set(kinds) == set(POSITION_KINDS)
+    # Only the names (and the word "cell") are new; the default tokenizer has none of them.
+    assert set(tokenizer.get_vocab()) - set(build_scenes_tokenizer().get_vocab()) == {*CELL_NAMES, "cell"}
+
+
 def test_distinct_scenes_hold_one_object_per_colour_and_object_questions_read_it():
     task = ScenesTask(seed=0, kinds=OBJECT_KINDS, scene="distinct")
     kinds = Counter()
@@ -196,6 +226,7 @@ def test_default_task_is_unchanged_by_the_new_options(task):
         (dict(image_size=30, grid=4), "multiple of grid=4"),
         (dict(scene="sparse"), "scene must be"),
         (dict(occupancy=0.0), "occupancy"),
+        (dict(names="letters"), "names must be"),
     ],
 )
 def test_bad_task_options_fail_before_any_sample(options, message):

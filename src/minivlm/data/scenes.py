@@ -9,6 +9,10 @@ whether two named cells share a colour. With every patch (LLaVA-1.5) or with pre
 where the question points. A single token made without seeing the question must carry
 all 64 cells at once, which is what the ablation in `benchmarks/ablation.py` measures.
 
+Positions are named in words by default ("row three column five"), which a model must
+combine from two words; `names="cells"` names each cell by one word instead, spreadsheet
+style ("cell e3": column e, row three), so one token points at one patch.
+
 Splits are disjoint by construction: a scene's split is a function of its content (a hash
 of its layout, which determines the image exactly), so two samples with the same image
 can never land in different splits.
@@ -45,6 +49,10 @@ QUESTION_TEMPLATES = {
     "col_of": "Which column is the {colour} object in ?",
 }
 KINDS = tuple(QUESTION_TEMPLATES)
+# How questions name a position: two number words, or one word per cell ("cell e3" for row three, column five).
+Names = Literal["words", "cells"]
+NAMES: tuple[Names, ...] = ("words", "cells")
+CELL_NAMES = tuple(f"{letter}{row}" for letter in "abcdefgh" for row in range(1, 9))
 # Questions that name a cell, asked of any scene.
 POSITION_KINDS = ("colour_at", "shape_at", "count_row", "same_colour")
 # Questions that name an object by its colour, asked of "distinct" scenes (one object per colour).
@@ -92,6 +100,7 @@ class ScenesTask:
         kinds: tuple[str, ...] = POSITION_KINDS,
         occupancy: float = OCCUPANCY,
         scene: Scene = "crowded",
+        names: Names = "words",
     ) -> None:
         if not 2 <= grid <= len(NUMBER_WORDS) - 1:
             raise ValueError(f"grid must be between 2 and {len(NUMBER_WORDS) - 1} (positions are number words), got {grid}")
@@ -104,6 +113,8 @@ class ScenesTask:
             raise ValueError(f"occupancy must be in (0, 1], got {occupancy}")
         if scene not in ("crowded", "distinct"):
             raise ValueError(f"scene must be 'crowded' or 'distinct', got {scene!r}")
+        if names not in NAMES:
+            raise ValueError(f"names must be 'words' or 'cells', got {names!r}")
         if scene == "crowded" and set(kinds) & set(OBJECT_KINDS):
             raise ValueError(
                 f"{', '.join(sorted(set(kinds) & set(OBJECT_KINDS)))} name an object by its colour, which needs "
@@ -115,6 +126,7 @@ class ScenesTask:
         self.kinds = tuple(kinds)
         self.occupancy = occupancy
         self.scene = scene
+        self.names = names
         cell = image_size // grid
         coords = np.arange(cell) + 0.5 - cell / 2  # pixel centres relative to the cell centre
         ys, xs = np.meshgrid(coords, coords, indexing="ij")
@@ -175,7 +187,7 @@ class ScenesTask:
         found = []
         for _ in range(count):
             kind = self.kinds[rng.integers(len(self.kinds))]
-            question, answer = _ask(kind, layout, rng)
+            question, answer = _ask(kind, layout, rng, self.names)
             found.append(SceneSample(image, question, answer, kind, layout))
         return found
 
@@ -208,13 +220,28 @@ class ScenesTask:
         return path
 
 
-def _cell_name(row: int, col: int) -> dict[str, str]:
-    return {"row": NUMBER_WORDS[row + 1], "col": NUMBER_WORDS[col + 1]}
+def cell_name(row: int, col: int) -> str:
+    """The one-word name of a cell (0-based row and column): column letter, then row number ("e3")."""
+    return f"{'abcdefgh'[col]}{row + 1}"
 
 
-def _ask(kind: str, layout: np.ndarray, rng: np.random.Generator) -> tuple[str, str]:
-    """Draw a question of `kind` about `layout` and compute its answer."""
+def _cell_name(row: int, col: int, suffix: str = "") -> dict[str, str]:
+    return {
+        f"row{suffix}": NUMBER_WORDS[row + 1], f"col{suffix}": NUMBER_WORDS[col + 1], f"cell{suffix}": cell_name(row, col)
+    }
+
+
+def _template(kind: str, names: Names) -> str:
     template = QUESTION_TEMPLATES[kind]
+    if names == "cells":
+        template = template.replace("row {row} column {col}", "cell {cell}")
+        template = template.replace("row {row2} column {col2}", "cell {cell2}")
+    return template
+
+
+def _ask(kind: str, layout: np.ndarray, rng: np.random.Generator, names: Names = "words") -> tuple[str, str]:
+    """Draw a question of `kind` about `layout` and compute its answer."""
+    template = _template(kind, names)
     occupied = np.argwhere(layout != EMPTY)
     if kind in OBJECT_KINDS:
         row, col = occupied[rng.integers(len(occupied))]
@@ -245,18 +272,19 @@ def _ask(kind: str, layout: np.ndarray, rng: np.random.Generator) -> tuple[str, 
     second = int(pool[rng.integers(len(pool))]) if len(pool) else int((first + 1) % len(occupied))
     (r1, c1), (r2, c2) = occupied[first], occupied[second]
     same = colours[first] == colours[second]
-    names = _cell_name(r1, c1) | {"row2": NUMBER_WORDS[r2 + 1], "col2": NUMBER_WORDS[c2 + 1]}
-    return template.format(**names), "yes" if same else "no"
+    return template.format(**_cell_name(r1, c1), **_cell_name(r2, c2, "2")), "yes" if same else "no"
 
 
-def scenes_vocabulary() -> list[str]:
-    """Every word the task's questions and answers can contain, sorted."""
+def scenes_vocabulary(names: Names = "words") -> list[str]:
+    """Every word the task's questions and answers can contain (with `names`), sorted."""
     words = set(COLOURS) | set(SHAPES) | set(NUMBER_WORDS) | {"yes", "no"}
-    for template in QUESTION_TEMPLATES.values():
-        words.update(word for word in template.split() if not word.startswith("{"))
+    if names == "cells":
+        words |= set(CELL_NAMES)
+    for kind in QUESTION_TEMPLATES:
+        words.update(word for word in _template(kind, names).split() if not word.startswith("{"))
     return sorted(words)
 
 
-def build_scenes_tokenizer() -> PreTrainedTokenizerFast:
-    """The word-level tokenizer of the scenes task, built offline (special tokens as the shapes task's)."""
-    return word_level_tokenizer(scenes_vocabulary())
+def build_scenes_tokenizer(names: Names = "words") -> PreTrainedTokenizerFast:
+    """The word-level tokenizer of the scenes task (with `names`), built offline (special tokens as the shapes task's)."""
+    return word_level_tokenizer(scenes_vocabulary(names))

@@ -6,7 +6,7 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from minivlm.data.datamodule import Collate, Record
-from minivlm.data.scenes import GRID, OCCUPANCY, POSITION_KINDS, Scene, ScenesTask, Split
+from minivlm.data.scenes import GRID, OCCUPANCY, POSITION_KINDS, Names, Scene, ScenesTask, Split
 from minivlm.processing.processor import Processor
 from minivlm.processing.templates import Turn
 
@@ -62,10 +62,11 @@ class ScenesDataModule(L.LightningDataModule):
         occupancy: float = OCCUPANCY,
         scene: Scene = "crowded",
         questions_per_image: int = 1,
+        names: Names = "words",
     ) -> None:
         super().__init__()
         self.questions_per_image = questions_per_image
-        self.task = ScenesTask(image_size, seed, grid, kinds, occupancy, scene)
+        self.task = ScenesTask(image_size, seed, grid, kinds, occupancy, scene, names)
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
         self.batch_size = batch_size
         self.num_workers = num_workers
