@@ -108,11 +108,12 @@ CONFIGS = {
 }
 
 
-def scenes_task(options: argparse.Namespace) -> ScenesTask:
-    """The benchmark's task, as every run's data module builds it."""
+def scenes_task(options: argparse.Namespace, seed: int | None = None) -> ScenesTask:
+    """The benchmark's task, as every run's data module builds it (with another generator `seed`:
+    the same task on other scenes)."""
     return ScenesTask(
-        options.image_size, options.data_seed, options.grid, tuple(options.kinds), options.occupancy, options.scene,
-        options.names,
+        options.image_size, options.data_seed if seed is None else seed, options.grid, tuple(options.kinds),
+        options.occupancy, options.scene, options.names,
     )
 
 
@@ -214,10 +215,7 @@ def pretrain_llm(options: argparse.Namespace) -> tuple[dict[str, torch.Tensor], 
     generator seed than the study's. Returns the LLM's state and its answer accuracy on the
     questions about 256 held-out text scenes."""
     torch.manual_seed(options.pretrain_seed)
-    task = ScenesTask(
-        options.image_size, options.pretrain_seed, options.grid, tuple(options.kinds), options.occupancy, options.scene,
-        options.names,
-    )
+    task = scenes_task(options, options.pretrain_seed)
     tokenizer = build_scenes_tokenizer(options.names)
     processor = Processor(tokenizer, get_template("shapes", tokenizer), build_encoder(options).image_spec, options.grid**2)
     collate = Collate(processor)

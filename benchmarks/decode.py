@@ -47,10 +47,13 @@ import platform
 import statistics
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
 from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+from page_offset import PAGE, placed
 
 from minivlm.data.synthetic import build_shapes_tokenizer
 from minivlm.hub.convert.hf_llava import convert_hf_llava
@@ -146,15 +149,9 @@ def build_models(directory: Path) -> tuple[MiniVLM, LlavaForConditionalGeneratio
     return MiniVLM.from_pretrained(directory / "minivlm").eval(), hf
 
 
-PAGE = 4096
-
-
 def page_offsets(tensors: list[torch.Tensor]) -> dict[int, int]:
     """How many of `tensors` start at each byte offset within a memory page."""
-    offsets: dict[int, int] = {}
-    for tensor in tensors:
-        offsets[tensor.data_ptr() % PAGE] = offsets.get(tensor.data_ptr() % PAGE, 0) + 1
-    return dict(sorted(offsets.items()))
+    return dict(sorted(Counter(tensor.data_ptr() % PAGE for tensor in tensors).items()))
 
 
 def transformers_twin(name: str, hf: LlavaForConditionalGeneration) -> torch.Tensor:
@@ -164,7 +161,7 @@ def transformers_twin(name: str, hf: LlavaForConditionalGeneration) -> torch.Ten
 
 def place_like(model: MiniVLM, hf: LlavaForConditionalGeneration) -> None:
     """Moves every LLM parameter of `model` to memory that starts at the same offset within a
-    page as its transformers twin (values unchanged): the placement control of `--placement`.
+    page as its transformers twin (values unchanged): the placement control row.
 
     transformers maps the safetensors file, so its tensors start wherever the file's header
     length puts them; minivlm reads each tensor into fresh memory, wherever the allocator
@@ -175,12 +172,7 @@ def place_like(model: MiniVLM, hf: LlavaForConditionalGeneration) -> None:
         twin = transformers_twin(name, hf)
         if not torch.equal(param, twin):
             raise RuntimeError(f"{name} differs from its transformers twin: the conversion is broken")
-        size = param.numel() * param.element_size()
-        buffer = torch.empty(size + PAGE, dtype=torch.uint8)
-        shift = (twin.data_ptr() - buffer.data_ptr()) % PAGE
-        moved = buffer[shift: shift + size].view(param.dtype).view(param.shape)
-        moved.copy_(param)
-        param.data = moved
+        param.data = placed(param.detach(), twin.data_ptr() % PAGE)
 
 
 def step_anatomy(
