@@ -1,5 +1,6 @@
 """Pre-fusion: masks, positions, masked slots untouched, init from the LLM's layers."""
 
+import pytest
 import torch
 
 from conftest import WIDTH, tiny_llm_config
@@ -54,6 +55,43 @@ def test_copy_init_equals_llm_layers_and_random_does_not():
     q = fresh.layers[0].self_attn.q_proj.weight
     assert not torch.equal(q, llm.decoder_layers[0].self_attn.q_proj.weight)
     assert abs(q.std().item() - 0.02) < 0.005
+
+
+def test_copy_deeper_than_the_llm_adds_identity_layers_that_learn():
+    torch.manual_seed(0)
+    llm = HFLanguageModel(config=tiny_llm_config())
+    assert len(llm.decoder_layers) == 2
+    shallow, deep = DecoderPreFusion(num_layers=2, init="copy"), DecoderPreFusion(num_layers=5, init="copy")
+    shallow.attach(llm)
+    deep.attach(llm)
+    # Extra layers copy the LLM's layers in turn (2 -> 0, 3 -> 1, 4 -> 0) ...
+    for i in range(2, 5):
+        source = llm.decoder_layers[i % 2].self_attn.q_proj.weight
+        assert torch.equal(deep.layers[i].self_attn.q_proj.weight, source)
+        assert not deep.layers[i].self_attn.o_proj.weight.any()
+    assert deep.layers[1].self_attn.o_proj.weight.any()
+    # ... and start as the identity, so the deeper stack computes what the LLM's two layers do.
+    vision = torch.randn(2, 4, WIDTH)
+    compressed, text = torch.randn(2, 1, WIDTH), torch.randn(2, 5, WIDTH)
+    fuse = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    for a, b in zip(shallow(vision, compressed, text, fuse), deep(vision, compressed, text, fuse)):
+        assert torch.allclose(a, b, atol=1e-6)
+    tokens, fused = deep(vision, compressed, text, fuse)
+    (tokens.sum() + fused.pow(2).sum()).backward()
+    assert deep.layers[4].mlp.down_proj.weight.grad.abs().sum() > 0
+    assert deep.layers[4].self_attn.o_proj.weight.grad.abs().sum() > 0
+
+
+def test_copy_deeper_than_the_llm_needs_known_branch_outputs():
+    from minivlm.fusion.decoder import zero_branch_outputs
+
+    class Odd(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mixer = torch.nn.Linear(4, 4)
+
+    with pytest.raises(ValueError, match="Odd.*identity"):
+        zero_branch_outputs(Odd())
 
 
 def test_text_is_detached_on_the_way_in():

@@ -37,6 +37,34 @@ def compact_text(text: torch.Tensor, fuse_mask: torch.Tensor) -> tuple[torch.Ten
     return compact, order
 
 
+# Where decoder layers keep the last projection of their attention and MLP branches.
+ATTENTION_OUTPUTS = ("self_attn.o_proj", "self_attn.out_proj", "self_attn.dense")
+MLP_OUTPUTS = ("mlp.down_proj", "mlp.fc2", "mlp.dense_4h_to_h")
+
+
+def zero_branch_outputs(layer: nn.Module) -> None:
+    """Zero the output projections of `layer`'s attention and MLP branches, so that the
+    residual layer passes its input through unchanged until training moves them."""
+    for names in (ATTENTION_OUTPUTS, MLP_OUTPUTS):
+        found = [name for name in names if isinstance(_submodule(layer, name), nn.Linear)]
+        if not found:
+            raise ValueError(
+                f"cannot start {type(layer).__name__} as the identity: it has none of {', '.join(names)} "
+                "as a linear layer; use DecoderPreFusion(init='copy') with no more layers than the LLM has"
+            )
+        projection = layer.get_submodule(found[0])
+        nn.init.zeros_(projection.weight)
+        if projection.bias is not None:
+            nn.init.zeros_(projection.bias)
+
+
+def _submodule(module: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return module.get_submodule(name)
+    except AttributeError:
+        return None
+
+
 class DecoderPreFusion(PreFusion):
     """`num_layers` decoder blocks of the LLM's own class and config, with weights of their own.
 
@@ -47,7 +75,10 @@ class DecoderPreFusion(PreFusion):
     queries and MLP only for the compressed and text rows when its layout allows it. Gated
     (Llama-style) MLPs become `InPlaceGatedMLP`s, which at inference write the activation and
     product into their own buffers. `init="copy"` starts from the LLM's first `num_layers`
-    layers; `"random"` (the release's behaviour) initialises like the LLM does.
+    layers; a stack deeper than the LLM continues with copies of its layers in turn whose
+    attention and MLP output projections start at zero, so each extra layer is the identity at
+    the start (LLaMA Pro's block expansion) and the stack computes what the LLM's layers do.
+    `"random"` (the release's behaviour) initialises like the LLM does.
     Text embeddings are detached on the way in (`detach_text`), as in the release.
     """
 
@@ -65,17 +96,16 @@ class DecoderPreFusion(PreFusion):
         self.layer_config = None
 
     def attach(self, llm: LanguageModel) -> None:
-        if len(llm.decoder_layers) < self.num_layers and self.init == "copy":
-            raise ValueError(
-                f"DecoderPreFusion(init='copy') wants {self.num_layers} layers, the LLM has {len(llm.decoder_layers)}"
-            )
         config = llm.layer_config
         self.layer_config = config
         layer_class = llm.decoder_layer_class
         self.layers = nn.ModuleList(layer_class(config, layer_idx=i) for i in range(self.num_layers))
         if self.init == "copy":
-            for ours, theirs in zip(self.layers, llm.decoder_layers):
-                ours.load_state_dict(theirs.state_dict())
+            depth = len(llm.decoder_layers)
+            for i, ours in enumerate(self.layers):
+                ours.load_state_dict(llm.decoder_layers[i % depth].state_dict())
+                if i >= depth:
+                    zero_branch_outputs(ours)
         else:
             std = getattr(config, "initializer_range", 0.02)
             for module in self.layers.modules():
