@@ -23,7 +23,9 @@ real pre-training cannot run on a CPU):
   grid read aloud), so it can already find "cell e3" among the grid's positions, as the
   paper's Vicuna can read what it is given. Every configuration starts from it and trains it
   further; with `--prefusion-init copy` (the default) pre-fusion layers start from the LLM's
-  first layers (`DecoderPreFusion(init="copy")`), with `random` from scratch as in the release.
+  layers (`DecoderPreFusion(init="copy")`: layers beyond the LLM's depth are copies whose
+  output projections start at zero, so they begin as the identity), with `random` from
+  scratch as in the release.
 
 Compressor, projector and pre-fusion train from scratch, with one budget for all. Questions
 name cells with one word each (`--names cells`; `words` is the task's default naming,
@@ -40,6 +42,7 @@ Prints a markdown table; writes JSON to benchmarks/results/, the table into docs
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import multiprocessing
 import os
@@ -263,6 +266,35 @@ def pretrain_llm(options: argparse.Namespace) -> tuple[dict[str, torch.Tensor], 
     return llm.state_dict(), {"answer_accuracy": float((predicted == targets)[answers].float().mean())}
 
 
+# The settings a pre-trained LLM depends on (its cache key).
+LLM_PRETRAINING_SETTINGS = (
+    "grid", "cell", "scene", "kinds", "names", "occupancy", "questions", "llm_layers", "batch_size", "pretrain_seed",
+    "llm_pretrain_steps", "llm_pretrain_lr",
+)
+
+
+def pretrained_llm(options: argparse.Namespace) -> tuple[dict[str, torch.Tensor], dict[str, float], float, bool]:
+    """`pretrain_llm`'s state and accuracy, the seconds it took and whether it came from the cache:
+    with `--llm-cache`, read from (or written to) that folder under a name made from the
+    settings it depends on."""
+    settings = {key: getattr(options, key) for key in LLM_PRETRAINING_SETTINGS}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    cached = Path(options.llm_cache) / f"llm-{digest}.pt" if options.llm_cache else None
+    if cached is not None and cached.exists():
+        record = torch.load(cached)
+        print(f"LLM read from {cached} (pre-trained in {record['seconds']:.0f} s when it was made); "
+              f"answer accuracy {record['accuracy']['answer_accuracy']:.3f}", flush=True)
+        return record["state"], record["accuracy"], record["seconds"], True
+    started = time.perf_counter()
+    state, accuracy = pretrain_llm(options)
+    seconds = time.perf_counter() - started
+    print(f"LLM pre-trained in {seconds:.0f} s; answer accuracy {accuracy['answer_accuracy']:.3f}", flush=True)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"state": state, "accuracy": accuracy, "seconds": seconds, "settings": settings}, cached)
+    return state, accuracy, seconds, False
+
+
 def build_module(
     config: Config, tokenizer_dir: Path, options: argparse.Namespace, encoder_state: dict[str, torch.Tensor],
     llm_state: dict[str, torch.Tensor] | None = None,
@@ -275,24 +307,25 @@ def build_module(
     if config.compressor == "identity":
         compressor = IdentityCompressor(dim=LLM_WIDTH)
     elif config.compressor == "pool":
-        compressor = PoolCompressor(dim=LLM_WIDTH, size=config.size)
+        # Pooling where the query compressor attends (by default before the projector, as the release
+        # places its queries), so (b) and (c) differ in how they pool and in nothing else.
+        dim = VISION_WIDTH if options.pool_placement == "before_projector" else LLM_WIDTH
+        compressor = PoolCompressor(dim=dim, size=config.size, placement=options.pool_placement)
     else:
         compressor = QueryCompressor(dim=VISION_WIDTH, size=config.size, num_heads=4, semantics="release")
     llm = build_llm(options)
     if llm_state is not None:
         llm.load_state_dict(llm_state)
-    prefusion = DecoderPreFusion(num_layers=config.prefusion_layers) if config.prefusion_layers else NoPreFusion()
+    prefusion = (
+        DecoderPreFusion(num_layers=config.prefusion_layers, init=options.prefusion_init)
+        if config.prefusion_layers else NoPreFusion()
+    )
     trained = {part: PartStage("full", options.lr) for part in PARTS if part != "encoder"}
     module = MiniVLMModule(
         encoder=encoder, compressor=compressor, projector=MLPProjector(VISION_WIDTH, LLM_WIDTH), prefusion=prefusion,
         llm=llm, tokenizer=str(tokenizer_dir), template="shapes",
         stage=Stage(**trained, weight_decay=0.01, warmup_ratio=0.05),
     )
-    if config.prefusion_layers and options.prefusion_init == "copy":
-        # The LLM's layers, in order, start the first pre-fusion layers (DecoderPreFusion(init="copy") when
-        # there are as many); a deeper stack than the LLM (4 layers on a 2-layer LLM) keeps random ones after them.
-        for ours, theirs in zip(module.model.prefusion.layers, module.model.llm.decoder_layers):
-            ours.load_state_dict(theirs.state_dict())
     return module
 
 
@@ -456,6 +489,10 @@ def main() -> None:
     parser.add_argument(
         "--names", default="cells", choices=list(NAMES), help="cells named by one word (e3) or by row and column words"
     )
+    parser.add_argument(
+        "--pool-placement", default="before_projector", choices=["before_projector", "after_projector"],
+        help="where (b) averages: on the encoder's features, where (c)'s queries attend, or on the projector's output",
+    )
     parser.add_argument("--llm-layers", type=int, default=2)
     parser.add_argument("--questions", type=int, default=QUESTIONS, help="question-answer turns per training image")
     parser.add_argument("--occupancy", type=float, default=0.5, help="share of occupied cells in crowded scenes")
@@ -469,7 +506,12 @@ def main() -> None:
     parser.add_argument("--llm-pretrain-lr", type=float, default=1e-3)
     parser.add_argument(
         "--prefusion-init", default="copy", choices=["random", "copy"],
-        help="pre-fusion layers start from the LLM's layers (as many as it has, the rest random) or random (the release)",
+        help="pre-fusion layers start from the LLM's layers (beyond its depth: copies that start as the identity) "
+        "or random (the release)",
+    )
+    parser.add_argument(
+        "--llm-cache", default=None, help="folder that keeps pre-trained LLMs between runs, keyed by their settings "
+        "(default: pre-train every time, so the total wall time includes it)",
     )
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at once, one thread each")
     parser.add_argument("--out", default="benchmarks/results/ablation.json")
@@ -496,12 +538,9 @@ def main() -> None:
         torch.save(encoder_state, encoder_path)
         tokenizer_dir = str(Path(scratch) / "tokenizer")
         build_scenes_tokenizer(options.names).save_pretrained(tokenizer_dir)
-        llm_path, llm_accuracy, llm_seconds = None, {}, 0.0
+        llm_path, llm_accuracy, llm_seconds, llm_cached = None, {}, 0.0, False
         if options.llm_pretrain_steps:
-            llm_started = time.perf_counter()
-            llm_state, llm_accuracy = pretrain_llm(options)
-            llm_seconds = time.perf_counter() - llm_started
-            print(f"LLM pre-trained in {llm_seconds:.0f} s; answer accuracy {llm_accuracy['answer_accuracy']:.3f}", flush=True)
+            llm_state, llm_accuracy, llm_seconds, llm_cached = pretrained_llm(options)
             llm_path = str(Path(scratch) / "llm.pt")
             torch.save(llm_state, llm_path)
         jobs = [(CONFIGS[name], seed) for name in options.configs for seed in options.seeds]
@@ -518,7 +557,10 @@ def main() -> None:
     checks = ordering_checks(rows)
     table = markdown(rows, options, prior, llm_accuracy, checks)
     total = time.perf_counter() - started
-    print("\n" + table + f"\ntotal wall time {total / 60:.1f} min")
+    if llm_cached:  # the budget counts the pre-training as if it had run now
+        total += llm_seconds
+    cache_note = f" (with the cached LLM's {llm_seconds:.0f} s of pre-training added)" if llm_cached else ""
+    print("\n" + table + f"\ntotal wall time {total / 60:.1f} min{cache_note}")
 
     out = Path(options.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -526,12 +568,12 @@ def main() -> None:
     out.write_text(json.dumps({
         "settings": settings, "configs": {n: asdict(CONFIGS[n]) for n in options.configs}, "answer_prior": prior,
         "encoder_pretraining": {"seconds": round(pretrain_seconds, 1), "per_patch_accuracy": encoder_accuracy},
-        "llm_pretraining": {"seconds": round(llm_seconds, 1), **llm_accuracy},
+        "llm_pretraining": {"seconds": round(llm_seconds, 1), "from_cache": llm_cached, **llm_accuracy},
         "summary": rows, "checks": checks, "runs": runs, "total_minutes": round(total / 60, 1),
         "machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()},
     }, indent=2) + "\n")
     if options.docs:
-        write_docs_block(Path(options.docs), table + f"\nTotal wall time {total / 60:.1f} min; JSON: `{out}`.\n")
+        write_docs_block(Path(options.docs), table + f"\nTotal wall time {total / 60:.1f} min{cache_note}; JSON: `{out}`.\n")
     bar_chart(
         options.plot, [f"{r['config']}\n{r['tokens']} tok" for r in rows], [r["accuracy_mean"] for r in rows],
         [r["accuracy_std"] for r in rows], f"scenes test accuracy, {options.steps} steps x {options.batch_size}, "
