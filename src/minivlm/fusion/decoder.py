@@ -46,13 +46,13 @@ def zero_branch_outputs(layer: nn.Module) -> None:
     """Zero the output projections of `layer`'s attention and MLP branches, so that the
     residual layer passes its input through unchanged until training moves them."""
     for names in (ATTENTION_OUTPUTS, MLP_OUTPUTS):
-        found = [name for name in names if isinstance(_submodule(layer, name), nn.Linear)]
+        found = [module for name in names if isinstance(module := _submodule(layer, name), nn.Linear)]
         if not found:
             raise ValueError(
                 f"cannot start {type(layer).__name__} as the identity: it has none of {', '.join(names)} "
                 "as a linear layer; use DecoderPreFusion(init='copy') with no more layers than the LLM has"
             )
-        projection = layer.get_submodule(found[0])
+        projection = found[0]
         nn.init.zeros_(projection.weight)
         if projection.bias is not None:
             nn.init.zeros_(projection.bias)
