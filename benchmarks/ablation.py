@@ -505,9 +505,9 @@ def main() -> None:
     )
     parser.add_argument("--llm-pretrain-lr", type=float, default=1e-3)
     parser.add_argument(
-        "--prefusion-init", default="copy", choices=["random", "copy"],
-        help="pre-fusion layers start from the LLM's layers (beyond its depth: copies that start as the identity) "
-        "or random (the release)",
+        "--prefusion-init", default="copy", choices=["random", "copy", "identity"],
+        help="pre-fusion layers start from the LLM's layers (beyond its depth: copies that start as the identity), "
+        "as copies that all start as the identity, or random (the release)",
     )
     parser.add_argument(
         "--llm-cache", default=None, help="folder that keeps pre-trained LLMs between runs, keyed by their settings "

@@ -2,10 +2,15 @@
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
 
-from conftest import WIDTH, tiny_llm_config
+from conftest import VISION, WIDTH, tiny_encoder, tiny_llm_config
+from minivlm.compressors import QueryCompressor
 from minivlm.fusion import DecoderPreFusion, NoPreFusion
 from minivlm.llms import HFLanguageModel
+from minivlm.projectors import MLPProjector
+from minivlm.training.module import MiniVLMModule
+from minivlm.training.stages import PartStage, Stage
 
 
 def attached(init="random", layers=2) -> DecoderPreFusion:
@@ -82,6 +87,33 @@ def test_copy_deeper_than_the_llm_adds_identity_layers_that_learn():
     assert deep.layers[4].self_attn.o_proj.weight.grad.abs().sum() > 0
 
 
+def test_identity_init_passes_tokens_through_and_learns():
+    torch.manual_seed(0)
+    llm = HFLanguageModel(config=tiny_llm_config())
+    fusion = DecoderPreFusion(num_layers=3, init="identity")
+    fusion.attach(llm)
+    # Every layer copies the LLM's layers in turn, with zeroed attention and MLP outputs.
+    for i, layer in enumerate(fusion.layers):
+        source = llm.decoder_layers[i % 2]
+        assert torch.equal(layer.self_attn.q_proj.weight, source.self_attn.q_proj.weight)
+        assert torch.equal(layer.mlp.up_proj.weight, source.mlp.up_proj.weight)
+        assert not layer.self_attn.o_proj.weight.any() and not layer.mlp.down_proj.weight.any()
+    vision = torch.randn(2, 4, WIDTH)
+    compressed, text = torch.randn(2, 2, WIDTH), torch.randn(2, 5, WIDTH)
+    fuse = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    tokens, fused = fusion(vision, compressed, text, fuse)
+    assert torch.allclose(tokens, compressed) and torch.allclose(fused, text)
+    (tokens.sum() + fused.pow(2).sum()).backward()
+    for layer in fusion.layers:
+        assert layer.self_attn.o_proj.weight.grad.abs().sum() > 0
+        assert layer.mlp.down_proj.weight.grad.abs().sum() > 0
+
+
+def test_init_must_be_known():
+    with pytest.raises(ValueError, match="'random', 'copy' or 'identity'.*'zero'"):
+        DecoderPreFusion(init="zero")
+
+
 def test_copy_deeper_than_the_llm_needs_known_branch_outputs():
     from minivlm.fusion.decoder import zero_branch_outputs
 
@@ -108,3 +140,17 @@ def test_no_prefusion_is_identity():
     compressed, text = torch.randn(2, 1, 8), torch.randn(2, 5, 8)
     out_c, out_t = NoPreFusion()(torch.randn(2, 4, 8), compressed, text, torch.ones(2, 5, dtype=torch.bool))
     assert out_c is compressed and out_t is text
+
+
+@pytest.mark.parametrize("init", ["copy", "identity"])
+def test_init_from_an_llm_not_loaded_yet_is_refused_before_training(tmp_path, init):
+    config = tiny_llm_config()
+    AutoModelForCausalLM.from_config(LlamaConfig(**{k: v for k, v in config.items() if k != "model_type"})).save_pretrained(
+        tmp_path
+    )
+    with pytest.raises(NotImplementedError, match=f"init='{init}'.*not supported yet"):
+        MiniVLMModule(
+            tiny_encoder(), QueryCompressor(dim=VISION, size=1, num_heads=4), MLPProjector(VISION, WIDTH),
+            DecoderPreFusion(num_layers=1, init=init), HFLanguageModel(pretrained=str(tmp_path), config=config),
+            stage=Stage(prefusion=PartStage("full", 1e-3)),
+        )

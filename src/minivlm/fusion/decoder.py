@@ -49,8 +49,8 @@ def zero_branch_outputs(layer: nn.Module) -> None:
         found = [module for name in names if isinstance(module := _submodule(layer, name), nn.Linear)]
         if not found:
             raise ValueError(
-                f"cannot start {type(layer).__name__} as the identity: it has none of {', '.join(names)} "
-                "as a linear layer; use DecoderPreFusion(init='copy') with no more layers than the LLM has"
+                f"cannot start {type(layer).__name__} as the identity: it has none of {', '.join(names)} as a "
+                "linear layer; use DecoderPreFusion(init='random'), or init='copy' with no more layers than the LLM has"
             )
         projection = found[0]
         nn.init.zeros_(projection.weight)
@@ -78,16 +78,21 @@ class DecoderPreFusion(PreFusion):
     layers; a stack deeper than the LLM continues with copies of its layers in turn whose
     attention and MLP output projections start at zero, so each extra layer is the identity at
     the start (LLaMA Pro's block expansion) and the stack computes what the LLM's layers do.
+    `init="identity"` zeroes those projections in every copied layer, so pre-fusion starts by
+    passing the text and compressed tokens through unchanged (the model starts as it would
+    without pre-fusion) while its attention and MLP inputs start as the LLM's.
     `"random"` (the release's behaviour) initialises like the LLM does.
     Text embeddings are detached on the way in (`detach_text`), as in the release.
     """
 
-    def __init__(self, num_layers: int = 4, init: Literal["random", "copy"] = "random", detach_text: bool = True) -> None:
+    def __init__(
+        self, num_layers: int = 4, init: Literal["random", "copy", "identity"] = "random", detach_text: bool = True
+    ) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"DecoderPreFusion needs num_layers >= 1, got {num_layers}")
-        if init not in ("random", "copy"):
-            raise ValueError(f"DecoderPreFusion init must be 'random' or 'copy', got {init!r}")
+        if init not in ("random", "copy", "identity"):
+            raise ValueError(f"DecoderPreFusion init must be 'random', 'copy' or 'identity', got {init!r}")
         self.num_layers = num_layers
         self.init = init
         self.detach_text = detach_text
@@ -100,11 +105,11 @@ class DecoderPreFusion(PreFusion):
         self.layer_config = config
         layer_class = llm.decoder_layer_class
         self.layers = nn.ModuleList(layer_class(config, layer_idx=i) for i in range(self.num_layers))
-        if self.init == "copy":
+        if self.init in ("copy", "identity"):
             depth = len(llm.decoder_layers)
             for i, ours in enumerate(self.layers):
                 ours.load_state_dict(llm.decoder_layers[i % depth].state_dict())
-                if i >= depth:
+                if i >= depth or self.init == "identity":
                     zero_branch_outputs(ours)
         else:
             std = getattr(config, "initializer_range", 0.02)

@@ -97,10 +97,10 @@ class MiniVLMModule(L.LightningModule):
             raise ValueError(f"stage trains {', '.join(lora_parts)} with LoRA but the recipe has no `lora:` settings")
         if model_options.get("processor") is not None:
             raise ValueError("the processor is built from tokenizer/template/max_length/hd_grid, not passed in")
-        if isinstance(prefusion, DecoderPreFusion) and prefusion.init == "copy" and _weights_pending(llm):
+        if isinstance(prefusion, DecoderPreFusion) and prefusion.init != "random" and _weights_pending(llm):
             raise NotImplementedError(
-                "DecoderPreFusion(init='copy') with a `pretrained:` LLM is not supported yet: the LLM's weights "
-                "are loaded in configure_model, after pre-fusion is built; use init: random (the release's choice)"
+                f"DecoderPreFusion(init={prefusion.init!r}) with a `pretrained:` LLM is not supported yet: the LLM's "
+                "weights are loaded in configure_model, after pre-fusion is built; use init: random (the release's choice)"
             )
         self.save_hyperparameters(
             {
