@@ -56,6 +56,7 @@ from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import get_args
 
 import lightning as L
 import numpy as np
@@ -71,6 +72,7 @@ from minivlm.data.datamodule import Collate
 from minivlm.data.scenes import CELL_NAMES, COLOURS, EMPTY, KINDS, NAMES, NUMBER_WORDS, SHAPES, ScenesTask
 from minivlm.data.scenes import build_scenes_tokenizer, cell_name
 from minivlm.data.scenes_datamodule import ScenesDataModule, ScenesDataset
+from minivlm.fusion.decoder import PreFusionInit
 from minivlm.model.inputs import splice_media
 from minivlm.model.loss import label_positions, next_token_loss
 from minivlm.processing.images import normalise_pixels
@@ -505,7 +507,7 @@ def main() -> None:
     )
     parser.add_argument("--llm-pretrain-lr", type=float, default=1e-3)
     parser.add_argument(
-        "--prefusion-init", default="copy", choices=["random", "copy", "identity"],
+        "--prefusion-init", default="copy", choices=list(get_args(PreFusionInit)),
         help="pre-fusion layers start from the LLM's layers (beyond its depth: copies that start as the identity), "
         "as copies that all start as the identity, or random (the release)",
     )

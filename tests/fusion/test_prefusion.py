@@ -7,6 +7,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 from conftest import VISION, WIDTH, tiny_encoder, tiny_llm_config
 from minivlm.compressors import QueryCompressor
 from minivlm.fusion import DecoderPreFusion, NoPreFusion
+from minivlm.fusion.decoder import zero_branch_outputs
 from minivlm.llms import HFLanguageModel
 from minivlm.projectors import MLPProjector
 from minivlm.training.module import MiniVLMModule
@@ -115,8 +116,6 @@ def test_init_must_be_known():
 
 
 def test_copy_deeper_than_the_llm_needs_known_branch_outputs():
-    from minivlm.fusion.decoder import zero_branch_outputs
-
     class Odd(torch.nn.Module):
         def __init__(self):
             super().__init__()

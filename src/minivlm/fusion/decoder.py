@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -14,6 +14,9 @@ from minivlm.fusion.mlp import InPlaceGatedMLP, is_gated_mlp
 from minivlm.fusion.rows import layer_rows, supports_row_subset
 from minivlm.llms.base import LanguageModel
 
+
+# How DecoderPreFusion's layers start (see its docstring).
+PreFusionInit = Literal["random", "copy", "identity"]
 
 # Attention implementations that are causal when given no mask; any other gets an explicit one.
 _CAUSAL_WITHOUT_MASK = {"sdpa", "flash_attention_2", "flash_attention_3"}
@@ -86,12 +89,12 @@ class DecoderPreFusion(PreFusion):
     """
 
     def __init__(
-        self, num_layers: int = 4, init: Literal["random", "copy", "identity"] = "random", detach_text: bool = True
+        self, num_layers: int = 4, init: PreFusionInit = "random", detach_text: bool = True
     ) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"DecoderPreFusion needs num_layers >= 1, got {num_layers}")
-        if init not in ("random", "copy", "identity"):
+        if init not in get_args(PreFusionInit):
             raise ValueError(f"DecoderPreFusion init must be 'random', 'copy' or 'identity', got {init!r}")
         self.num_layers = num_layers
         self.init = init
@@ -105,7 +108,7 @@ class DecoderPreFusion(PreFusion):
         self.layer_config = config
         layer_class = llm.decoder_layer_class
         self.layers = nn.ModuleList(layer_class(config, layer_idx=i) for i in range(self.num_layers))
-        if self.init in ("copy", "identity"):
+        if self.init != "random":
             depth = len(llm.decoder_layers)
             for i, ours in enumerate(self.layers):
                 ours.load_state_dict(llm.decoder_layers[i % depth].state_dict())
