@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from minivlm.llms.layout import to_decoding_layout, to_training_layout
+
 
 class LanguageModel(nn.Module):
     """A causal LM that consumes embeddings: (B, T, D) -> logits (B, T, V), with a KV cache.
@@ -18,10 +20,29 @@ class LanguageModel(nn.Module):
     `forward(..., logits_to_keep=n)` computes logits for the last n positions only (0: all).
     A model that can also decode with a preallocated cache overrides `check_static_cache` and
     `static_cache`.
+
+    Generation calls `prepare_decoding` before the prompt's forward: in eval mode, on CPU, it
+    stores the wide float32 linear weights column-major, where decoding reads them faster
+    (`minivlm.llms.layout`); `train()` puts them back. Set `decode_column_major = False` on an
+    instance (or subclass) to keep every weight as it is.
     """
 
     hidden_size: int
     vocab_size: int
+    decode_column_major: bool = True
+
+    def prepare_decoding(self) -> None:
+        """Lays the weights out for decoding; see the class docstring. A no-op in train mode."""
+        if self.decode_column_major and not self.training:
+            to_decoding_layout(self)
+
+    def train(self, mode: bool = True) -> LanguageModel:
+        """Sets train (or eval) mode as `nn.Module.train` does; entering train mode also puts the
+        weights `prepare_decoding` moved back to row-major, the layout training expects."""
+        super().train(mode)
+        if mode:
+            to_training_layout(self)
+        return self
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

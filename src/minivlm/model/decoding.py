@@ -14,6 +14,10 @@
 Every choice gives the same tokens and, to float rounding, the same logits: masked cache
 slots add exact zeros to attention.
 
+Whatever the choice, `Decoder` first calls `llm.prepare_decoding()`: in eval mode on CPU, the
+LLM's wide float32 weights (output head, gate and up projections) are stored column-major,
+where one-row products read them faster (`minivlm.llms.layout`); `llm.train()` undoes it.
+
 Compiled graphs are kept by `torch.compile` with the step function, for the whole process,
 one per (architecture, batch size, cache length, dtype, device), and chosen by dynamo's
 guards. So later calls with the same shapes reuse a graph, even on another model of the same
@@ -84,6 +88,7 @@ class Decoder:
         check_decode_options(llm, cache, compile)
         if past is not None and cache != "dynamic":
             raise ValueError("continuing an earlier cache (`past`) needs cache='dynamic'")
+        llm.prepare_decoding()
         self.llm = llm
         self.static = cache == "static"
         self.mask = mask
