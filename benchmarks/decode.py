@@ -11,11 +11,10 @@ The LLM's weights are drawn with std 0.08 instead of transformers' 0.02: with 0.
 sample repeats one to three tokens, which makes "identical tokens" a weak comparison.
 
 transformers runs its default dynamic KV cache. minivlm runs three ways: its default (dynamic
-cache), `cache="static"`, and `cache="static", compile=True`; a fourth minivlm row is a
-placement control: the default path on a second copy of the converted model whose LLM
-weights were moved, values unchanged, to start at the same offset within a memory page as
-their transformers twins (transformers maps the file, minivlm reads into fresh memory, and
-this CPU's matrix-vector products run faster or slower by up to a quarter with that offset).
+cache), `cache="static"`, and `cache="static", compile=True`; a fourth minivlm row is the
+default path on a second copy of the converted model with `decode_column_major = False`, so
+every weight stays row-major as in transformers (`minivlm.llms.layout`): what the decoding
+layout alone buys, in the same run.
 The compiled path is warmed up by one full call per batch size before the timed rounds; that
 call's wall time is reported apart ("first call", compilation included), and the timed rounds exclude it. Inductor's
 on-disk cache starts empty (`TORCHINDUCTOR_CACHE_DIR` in the temporary directory), so the
@@ -31,8 +30,8 @@ over rounds (the machine's load drifts between rounds more than within one).
 
 Then, per batch size, the anatomy of one decoding step at the benchmark's cache length, timed
 alternately (`--anatomy-steps` each): the LLM's linear layers alone (the same matmuls on
-random activations: the weights each step must read), the same matmuls on transformers'
-weight tensors (equal values, other memory), the attention alone (SDPA over the
+random activations: the weights each step must read, in minivlm's decoding layout), the same
+matmuls on transformers' weight tensors (equal values, all row-major), the attention alone (SDPA over the
 static cache in every layer), the uncompiled static step and the compiled one. What the
 compiled step spends beyond the first two is the overhead that compiling could still remove.
 Prints two tables and writes benchmarks/results/decode.json.
@@ -47,13 +46,10 @@ import platform
 import statistics
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import torch
 from transformers import LlavaConfig, LlavaForConditionalGeneration
-
-from page_offset import PAGE, placed
 
 from minivlm.data.synthetic import build_shapes_tokenizer
 from minivlm.hub.convert.hf_llava import convert_hf_llava
@@ -119,8 +115,8 @@ def make_inputs(model: MiniVLM, batch_size: int) -> tuple[Batch, dict]:
 
 MINIVLM = {"minivlm": {}, "minivlm static": {"cache": "static"},
            "minivlm static+compile": {"cache": "static", "compile": True}}
-# The placement control: minivlm's default path with its LLM weights at transformers' page offsets.
-PLACED = "minivlm, transformers' page offsets"
+# The layout control: minivlm's default path with every weight row-major, as before the decoding layout.
+ROW_MAJOR = "minivlm, row-major weights"
 TWIN_LINEARS = "linear layers, transformers' weights"
 
 
@@ -149,30 +145,9 @@ def build_models(directory: Path) -> tuple[MiniVLM, LlavaForConditionalGeneratio
     return MiniVLM.from_pretrained(directory / "minivlm").eval(), hf
 
 
-def page_offsets(tensors: list[torch.Tensor]) -> dict[int, int]:
-    """How many of `tensors` start at each byte offset within a memory page."""
-    return dict(sorted(Counter(tensor.data_ptr() % PAGE for tensor in tensors).items()))
-
-
 def transformers_twin(name: str, hf: LlavaForConditionalGeneration) -> torch.Tensor:
     """The transformers parameter that holds the same values as minivlm's LLM parameter `name`."""
     return hf.get_parameter("lm_head.weight" if name == "lm_head.weight" else "model.language_model." + name[6:])
-
-
-def place_like(model: MiniVLM, hf: LlavaForConditionalGeneration) -> None:
-    """Moves every LLM parameter of `model` to memory that starts at the same offset within a
-    page as its transformers twin (values unchanged): the placement control row.
-
-    transformers maps the safetensors file, so its tensors start wherever the file's header
-    length puts them; minivlm reads each tensor into fresh memory, wherever the allocator
-    puts it. On this CPU one matrix-vector product over the same weights runs up to a quarter
-    faster or slower depending on that offset, which offset wins depending on the shape
-    (`page_offset.py`), and decoding at batch 1 is such products."""
-    for name, param in model.llm.model.named_parameters():
-        twin = transformers_twin(name, hf)
-        if not torch.equal(param, twin):
-            raise RuntimeError(f"{name} differs from its transformers twin: the conversion is broken")
-        param.data = placed(param.detach(), twin.data_ptr() % PAGE)
 
 
 def step_anatomy(
@@ -233,14 +208,11 @@ def main() -> None:
         # An empty inductor cache, so the first compiled call compiles from scratch.
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tmp) / "inductor")
         model, hf = build_models(Path(tmp))
-        placed = MiniVLM.from_pretrained(Path(tmp) / "minivlm").eval()
-        place_like(placed, hf)
-        offsets = {"minivlm": page_offsets(list(model.llm.parameters())),
-                   PLACED: page_offsets(list(placed.llm.parameters())),
-                   "transformers": page_offsets([transformers_twin(n, hf) for n, _ in model.llm.model.named_parameters()])}
+        row_major = MiniVLM.from_pretrained(Path(tmp) / "minivlm").eval()
+        row_major.llm.decode_column_major = False
         runners = {name: (lambda inputs, n, kwargs=kwargs: run_minivlm(model, inputs[0], n, **kwargs))
                    for name, kwargs in MINIVLM.items()}
-        runners[PLACED] = lambda inputs, n: run_minivlm(placed, inputs[0], n)
+        runners[ROW_MAJOR] = lambda inputs, n: run_minivlm(row_major, inputs[0], n)
         runners["transformers"] = lambda inputs, n: run_transformers(hf, inputs[1], n)
         inputs = {size: make_inputs(model, size) for size in PROMPTS}
         for name, runner in runners.items():  # warm-up: one short call each
@@ -303,12 +275,9 @@ def main() -> None:
         print(f"| {size} | {parts['linear layers']:.1f} | {parts[TWIN_LINEARS]:.1f} | "
               f"{parts['attention']:.1f} | {parts['static step']:.1f} | "
               f"{parts['compiled step']:.1f} | {(parts['compiled step'] - floor) / parts['compiled step']:.0%} |")
-    print("\nLLM parameters per start offset within a 4096-byte page: "
-          + "; ".join(f"{name} {value}" for name, value in offsets.items()))
     result = {"torch": torch.__version__, "machine": platform.machine(), "threads": options.threads,
               "rounds": options.rounds, "new_tokens": options.new_tokens, "config": CONFIG, "rows": rows,
               "step_anatomy_ms": {str(size): parts for size, parts in anatomy.items()},
-              "llm_parameter_page_offsets": {name: {str(k): v for k, v in value.items()} for name, value in offsets.items()},
               "tokens": {f"{name} batch {size}": value for (size, name), value in tokens.items()}}
     Path(options.out).parent.mkdir(parents=True, exist_ok=True)
     Path(options.out).write_text(json.dumps(result, indent=2))

@@ -2,12 +2,14 @@
 
 A decoding step multiplies one row per sample by every weight matrix, so on CPU it runs as
 fast as the weights stream from memory, and how fast they stream depends on their layout. For
-float32 on this project's CPU (`benchmarks/weight_layout.py`), `x @ W.T` with a *wide* W (more
-outputs than inputs: the output head, the MLP's gate and up projections) runs 1.2 to 2.3 times
-faster at one row, and 1.05 to 1.3 times at eight, when W is stored column-major (`W.t()`
-contiguous) than in PyTorch's row-major default; narrow W (the down projection) is faster
-row-major, and square W gains at one row what it loses at eight. In bfloat16 the layouts tie
-and in float16 column-major is 5 to 10 times slower, so only float32 weights move.
+float32 on this project's CPU (`benchmarks/weight_layout.py`, over the shapes of Llama and
+Qwen2 models from width 512 to Vicuna-7B), `x @ W.T` with a *wide* W (more outputs than
+inputs: the output head, the MLP's gate and up projections) runs 1.2 to 2 times faster at one
+row, and 1.05 to 1.4 times at eight, when W is stored column-major (`W.t()` contiguous) than in
+PyTorch's row-major default. Square and narrow W (attention, the down projection) gain at one
+row in some shapes but lose up to a fifth at eight, so they stay row-major. In bfloat16 the
+gain is at most a tenth, and in float16 column-major is 4.5 to 9 times slower, so only
+float32 weights move.
 
 `to_decoding_layout` stores the wide float32 CPU weights column-major in place: the same
 Parameters with the same values and shapes, only their strides change, so the model's

@@ -298,7 +298,9 @@ class MiniVLM(nn.Module):
         `cache="static"` preallocates the KV cache for the whole call, and `compile=True`
         (static only) runs each decoding step as a `torch.compile`d graph, compiled on the
         first call of each shape: same tokens, faster decoding (`minivlm.model.decoding`).
-        See `minivlm.model.generation.generate` for the per-step logits.
+        In eval mode on CPU, the first call also stores the LLM's wide float32 weights
+        column-major, where decoding reads them faster; `train()` restores them
+        (`minivlm.llms.layout`). See `minivlm.model.generation.generate` for the per-step logits.
         """
         return generation.generate(
             self, batch, max_new_tokens, eos_token_id, pad_token_id, temperature, top_p, generator, streamer,
