@@ -103,3 +103,15 @@ def test_a_model_saved_after_generating_loads_with_the_same_weights(setup, tmp_p
     loaded = MiniVLM.from_pretrained(tmp_path)
     for (name, want), (_, got) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(got, want), name
+
+
+def test_weights_moved_under_inference_mode_still_train():
+    llm = HFLanguageModel(config=tiny_llm_config()).eval()
+    with torch.inference_mode():  # as benchmarks and servers often generate
+        llm.prepare_decoding()
+    head = llm.output_head.weight
+    assert column_major(head) and not head.is_inference()
+    embeds = torch.randn(2, 3, llm.hidden_size, requires_grad=True)
+    logits, _ = llm(embeds)  # eval mode, weights still column-major: backward must work
+    logits.square().sum().backward()
+    assert embeds.grad.abs().sum() > 0 and head.grad.abs().sum() > 0

@@ -40,6 +40,9 @@ def _movable_wide_linears(module: nn.Module) -> Iterator[nn.Linear]:
                 yield layer
 
 
+# The copies are made outside inference mode even when generation runs inside it: an inference
+# tensor as a weight would make any later backward through the layer fail.
+@torch.inference_mode(False)
 @torch.no_grad()
 def to_decoding_layout(module: nn.Module) -> int:
     """Stores the weight of every wide float32 linear layer of `module` on CPU column-major, in
@@ -52,6 +55,7 @@ def to_decoding_layout(module: nn.Module) -> int:
     return moved
 
 
+@torch.inference_mode(False)
 @torch.no_grad()
 def to_training_layout(module: nn.Module) -> int:
     """Undoes `to_decoding_layout`: every wide float32 CPU weight of `module` that is not row-major
