@@ -92,16 +92,15 @@ def test_row_subset_applies_to_llama_layers_only():
 def test_no_dense_mask_and_last_layer_runs_queries_and_mlp_on_kept_rows_only():
     fusion = attached()
     vision, compressed, text, fuse = inputs()
-    assert fusion._causal_mask(14, vision) is None  # sdpa runs is_causal
     seen = {}
-    first, last = fusion.layers
-    hooked = [("first q", first.self_attn.q_proj), ("first mlp", first.mlp), ("q", last.self_attn.q_proj),
-              ("k", last.self_attn.k_proj), ("mlp", last.mlp)]
-    for name, module in hooked:
+    fusion.layers[0].register_forward_pre_hook(lambda m, a, kw: seen.update(mask=kw["attention_mask"]), with_kwargs=True)
+    last = fusion.layers[-1]
+    for name, module in [("q", last.self_attn.q_proj), ("k", last.self_attn.k_proj), ("mlp", last.mlp)]:
         module.register_forward_hook(lambda m, a, out, name=name: seen.update({name: a[0].shape[1]}))
     fusion(vision, compressed, text, fuse)
+    assert seen["mask"] is None  # sdpa runs is_causal
     longest_fused = int(fuse.sum(dim=1).max())  # 4: masked slots at the end are cut
-    assert seen["first q"] == seen["first mlp"] == seen["k"] == 5 + 2 + longest_fused
+    assert seen["k"] == 5 + 2 + longest_fused
     assert seen["q"] == seen["mlp"] == 2 + longest_fused
 
 

@@ -11,7 +11,7 @@ from torch.utils.checkpoint import checkpoint
 
 from minivlm.fusion.base import PreFusion
 from minivlm.fusion.mlp import InPlaceGatedMLP, is_gated_mlp
-from minivlm.fusion.rows import layer_rows, layer_whole, supports_row_subset
+from minivlm.fusion.rows import layer_rows, supports_row_subset
 from minivlm.llms.base import LanguageModel
 
 
@@ -149,12 +149,8 @@ class DecoderPreFusion(PreFusion):
         position_embeddings = self.rotary_embedding(hidden, position_ids=position_ids)
         mask = self._causal_mask(t, hidden)
         *first, last = self.layers
-        sdpa = getattr(self.layer_config, "_attn_implementation", None) == "sdpa"
         for layer in first:
-            if sdpa and supports_row_subset(layer):
-                hidden = layer_whole(layer, hidden, position_embeddings)
-            else:
-                hidden = layer(hidden, attention_mask=mask, position_ids=position_ids, position_embeddings=position_embeddings)
+            hidden = layer(hidden, attention_mask=mask, position_ids=position_ids, position_embeddings=position_embeddings)
         # A layer wrapped for activation checkpointing keeps the row subset, checkpointed here
         # the same way (non-reentrant, RNG state replayed), so both give the same numbers.
         wrapped = getattr(last, "_checkpoint_wrapped_module", None)
