@@ -77,6 +77,16 @@ def test_train_mode_puts_the_weights_back_row_major_and_keeps_them_there(setup):
     assert all(layer.weight.is_contiguous() for layer in linears(model.llm).values())
 
 
+def test_train_mode_restores_weights_converted_after_generating(setup):
+    model, batch = setup
+    generate(model, batch, 2)
+    model.to(torch.bfloat16)  # `to` keeps the column-major strides
+    head = model.llm.output_head.weight
+    assert column_major(head) and head.dtype == torch.bfloat16
+    model.train()
+    assert all(layer.weight.is_contiguous() for layer in linears(model.llm).values())
+
+
 def test_only_untied_float32_weights_move():
     llm = HFLanguageModel(config=tiny_llm_config()).eval()
     assert to_decoding_layout(llm.to(torch.bfloat16)) == 0

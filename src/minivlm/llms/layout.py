@@ -26,18 +26,19 @@ import torch
 from torch import nn
 
 
-def _movable_wide_linears(module: nn.Module) -> Iterator[nn.Linear]:
-    """The linear layers of `module` with more outputs than inputs whose weight is a plain float32
-    CPU tensor (not a DTensor, not on meta) that no embedding shares (tied input embeddings are
-    looked up by row, which needs rows contiguous)."""
+def _wide_linears(module: nn.Module, float32_cpu_only: bool) -> Iterator[nn.Linear]:
+    """The linear layers of `module` with more outputs than inputs whose weight is a plain tensor
+    (not a DTensor, not on meta; with `float32_cpu_only`, a float32 CPU one) that no embedding
+    shares (tied input embeddings are looked up by row, which needs rows contiguous)."""
     shared = {m.weight.data_ptr() for m in module.modules() if isinstance(m, nn.Embedding)}
     for layer in module.modules():
         if not isinstance(layer, nn.Linear) or layer.out_features <= layer.in_features:
             continue
         weight = layer.weight.data
-        if type(weight) is torch.Tensor and weight.device.type == "cpu" and weight.dtype == torch.float32:
-            if weight.data_ptr() not in shared:
-                yield layer
+        if type(weight) is not torch.Tensor or weight.device.type == "meta" or weight.data_ptr() in shared:
+            continue
+        if not float32_cpu_only or (weight.device.type == "cpu" and weight.dtype == torch.float32):
+            yield layer
 
 
 # The copies are made outside inference mode even when generation runs inside it: an inference
@@ -48,7 +49,7 @@ def to_decoding_layout(module: nn.Module) -> int:
     """Stores the weight of every wide float32 linear layer of `module` on CPU column-major, in
     place (see the module docstring); returns how many moved. Already moved weights stay."""
     moved = 0
-    for layer in _movable_wide_linears(module):
+    for layer in _wide_linears(module, float32_cpu_only=True):
         if layer.weight.is_contiguous():
             layer.weight.data = layer.weight.data.t().contiguous().t()
             moved += 1
@@ -58,10 +59,11 @@ def to_decoding_layout(module: nn.Module) -> int:
 @torch.inference_mode(False)
 @torch.no_grad()
 def to_training_layout(module: nn.Module) -> int:
-    """Undoes `to_decoding_layout`: every wide float32 CPU weight of `module` that is not row-major
-    becomes row-major (contiguous) again, in place; returns how many moved."""
+    """Undoes `to_decoding_layout`: every wide weight of `module` that is not row-major becomes
+    row-major (contiguous) again, in place, whatever its dtype and device (`Module.to` keeps a
+    moved weight's strides); returns how many moved."""
     moved = 0
-    for layer in _movable_wide_linears(module):
+    for layer in _wide_linears(module, float32_cpu_only=False):
         if not layer.weight.is_contiguous():
             layer.weight.data = layer.weight.data.contiguous()
             moved += 1
