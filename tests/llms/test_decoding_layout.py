@@ -30,6 +30,11 @@ def column_major(weight: torch.Tensor) -> bool:
     return weight.t().is_contiguous() and not weight.is_contiguous()
 
 
+def row_major(module: nn.Module) -> bool:
+    """Every linear weight of `module` in PyTorch's default layout."""
+    return all(layer.weight.is_contiguous() for layer in linears(module).values())
+
+
 @pytest.fixture
 def setup():
     model = tiny_vlm(seed=3).eval()
@@ -52,7 +57,7 @@ def test_generate_stores_wide_weights_column_major_with_the_same_values_and_outp
     assert wide == {"model.lm_head"} | {f"model.model.layers.{i}.mlp.{p}_proj" for i in range(2) for p in ("gate", "up")}
     for name, layer in linears(model.llm).items():
         assert column_major(layer.weight) == (name in wide), name
-    assert all(layer.weight.is_contiguous() for layer in linears(reference.llm).values())
+    assert row_major(reference.llm)
     for name, param in model.llm.named_parameters():
         assert torch.equal(param, before[name]), name
 
@@ -69,12 +74,12 @@ def test_train_mode_puts_the_weights_back_row_major_and_keeps_them_there(setup):
     assert any(column_major(layer.weight) for layer in linears(model.llm).values())
 
     model.train()  # through MiniVLM down to the LLM, as Lightning does after validation
-    assert all(layer.weight.is_contiguous() for layer in linears(model.llm).values())
+    assert row_major(model.llm)
     for name, param in model.llm.named_parameters():
         assert torch.equal(param, moved[name]), name
 
     generate(model, batch, 2)  # generating in train mode leaves the training layout alone
-    assert all(layer.weight.is_contiguous() for layer in linears(model.llm).values())
+    assert row_major(model.llm)
 
 
 def test_train_mode_restores_weights_converted_after_generating(setup):
@@ -84,7 +89,7 @@ def test_train_mode_restores_weights_converted_after_generating(setup):
     head = model.llm.output_head.weight
     assert column_major(head) and head.dtype == torch.bfloat16
     model.train()
-    assert all(layer.weight.is_contiguous() for layer in linears(model.llm).values())
+    assert row_major(model.llm)
 
 
 def test_only_untied_float32_weights_move():
@@ -103,7 +108,7 @@ def test_only_untied_float32_weights_move():
     kept = HFLanguageModel(config=tiny_llm_config()).eval()
     kept.decode_column_major = False
     kept.prepare_decoding()
-    assert all(layer.weight.is_contiguous() for layer in linears(kept).values())
+    assert row_major(kept)
 
 
 def test_a_model_saved_after_generating_loads_with_the_same_weights(setup, tmp_path):

@@ -42,9 +42,9 @@ def _wide_linears(module: nn.Module, float32_cpu_only: bool) -> Iterator[nn.Line
 
 
 # The copies are made outside inference mode even when generation runs inside it: an inference
-# tensor as a weight would make any later backward through the layer fail.
+# tensor as a weight would make any later backward through the layer fail. Working on `.data`,
+# they are never recorded by autograd.
 @torch.inference_mode(False)
-@torch.no_grad()
 def to_decoding_layout(module: nn.Module) -> int:
     """Stores the weight of every wide float32 linear layer of `module` on CPU column-major, in
     place (see the module docstring); returns how many moved. Already moved weights stay."""
@@ -57,7 +57,6 @@ def to_decoding_layout(module: nn.Module) -> int:
 
 
 @torch.inference_mode(False)
-@torch.no_grad()
 def to_training_layout(module: nn.Module) -> int:
     """Undoes `to_decoding_layout`: every wide weight of `module` that is not row-major becomes
     row-major (contiguous) again, in place, whatever its dtype and device (`Module.to` keeps a
