@@ -107,6 +107,7 @@ class CachedConversation:
                 self.model, batch, max_new_tokens, eos_token_id, pad_token_id, temperature, top_p, generator,
                 streamer, keep_scores,
             )
+        self.model.prepare_inference()
         keep = batch.attention_mask[0].bool()
         ids = batch.input_ids[0][keep].tolist()
         fused = batch.prefusion_mask[0][keep].tolist() if batch.pixel_values is not None else [False] * len(ids)

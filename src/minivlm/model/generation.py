@@ -91,6 +91,7 @@ def generate(
     rounding.
     """
     check_sampling(max_new_tokens, temperature, top_p)
+    model.prepare_inference()
     inputs = model.assemble(batch)
     embeds, mask, positions = to_left_padding(inputs.embeds, inputs.attention_mask)
     # The last chosen token never enters the LLM: the cache holds the prompt and max_new_tokens - 1 more.

@@ -20,6 +20,7 @@ from minivlm.processing.images import normalise_pixels
 from minivlm.model import generation, pretrained
 from minivlm.model.generation import TokenStreamer
 from minivlm.model.decoding import CacheKind
+from minivlm.model.packed_linear import pack_linears
 from minivlm.model.weights import DEFAULT_MAX_SHARD_SIZE, empty_parameters, load_weights, save_weights
 from minivlm.model.loss import next_token_loss
 from minivlm.model.inputs import LLMInputs, splice_layout, splice_media, stitch_tiles
@@ -63,7 +64,14 @@ class MiniVLM(nn.Module):
     and loaded with the model. `frames_per_chunk` bounds how many fusion units (images,
     video frames) are encoded and pre-fused at once, so a long video needs memory for one
     chunk plus K tokens per frame; None processes a batch's units all together.
+
+    Generation calls `prepare_inference` first: in eval mode it makes the float32 CPU linear
+    layers multiply through oneDNN-packed copies of their weights (`minivlm.model.packed_linear`:
+    faster, at the cost of a second copy of those weights); `train()` undoes it. Set
+    `cpu_packed_linears = False` on an instance (or subclass) to keep plain linears.
     """
+
+    cpu_packed_linears: bool = True
 
     def __init__(
         self,
@@ -276,6 +284,11 @@ class MiniVLM(nn.Module):
         logits = self.llm.output_head(hidden) if return_logits else None
         return MiniVLMOutput(loss=loss, logits=logits, labels=inputs.labels, loss_sum=loss_sum, label_count=label_count)
 
+    def prepare_inference(self) -> None:
+        """Packs the linears for CPU inference; see the class docstring. A no-op in train mode."""
+        if self.cpu_packed_linears and not self.training:
+            pack_linears(self)
+
     def generate(
         self,
         batch: Batch,
@@ -299,8 +312,9 @@ class MiniVLM(nn.Module):
         (static only) runs each decoding step as a `torch.compile`d graph, compiled on the
         first call of each shape: same tokens, faster decoding (`minivlm.model.decoding`).
         In eval mode on CPU, the first call also stores the LLM's wide float32 weights
-        column-major, where decoding reads them faster; `train()` restores them
-        (`minivlm.llms.layout`). See `minivlm.model.generation.generate` for the per-step logits.
+        column-major, where decoding reads them faster (`minivlm.llms.layout`), and packs the
+        float32 linear weights for oneDNN (`prepare_inference`); `train()` undoes both.
+        See `minivlm.model.generation.generate` for the per-step logits.
         """
         return generation.generate(
             self, batch, max_new_tokens, eos_token_id, pad_token_id, temperature, top_p, generator, streamer,
