@@ -18,6 +18,7 @@ benchmarks/results/latency.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -67,7 +68,7 @@ class NaiveVLM(nn.Module):
     (`nn.MultiheadAttention`, key positions resized on every call), plain transformers decoder
     layers under a dense 4-D causal mask for pre-fusion, the LLM over [vision ; text] embeddings
     with a KV cache, argmax of the last logits. Only transformers and torch modules run here,
-    so none of minivlm's own speed-ups reach this reference."""
+    on copies of the weights, so none of minivlm's own speed-ups reach this reference."""
 
     def __init__(self, model: MiniVLM) -> None:
         super().__init__()
@@ -79,11 +80,13 @@ class NaiveVLM(nn.Module):
         if unexpected_missing or result.unexpected_keys:
             raise RuntimeError(f"weights do not line up: {unexpected_missing} {result.unexpected_keys}")
         self.vision.eval()
-        self.projector = model.projector.layers
-        self.llm = model.llm.model
+        # Copies, not the MiniVLM's modules: what minivlm's generate does to its own modules at
+        # inference (packed linears, the decoding layout) must not reach the reference.
+        self.projector = copy.deepcopy(model.projector.layers)
+        self.llm = copy.deepcopy(model.llm.model)
         self.mini = isinstance(model.prefusion, DecoderPreFusion)
         if self.mini:
-            self.compressor = model.compressor
+            self.compressor = copy.deepcopy(model.compressor)
             # Fresh layers of the LLM's class (transformers' own MLP), with pre-fusion's weights.
             layer_class, config = type(model.prefusion.layers[0]), model.prefusion.layer_config
             self.layers = nn.ModuleList(layer_class(config, layer_idx=i) for i in range(len(model.prefusion.layers)))

@@ -20,11 +20,13 @@ themselves. `train()` turns them back into `nn.Linear`s and frees the copies.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import register_flop_formula
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,14 @@ logger = logging.getLogger(__name__)
 MIN_ROWS = 2
 
 _available = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+if _available:
+
+    # Without a formula, `FlopCounterMode` (and so `minivlm profile`) would count packed products as free.
+    @register_flop_formula(torch.ops.mkldnn._linear_pointwise)
+    def _packed_linear_flops(input_shape: torch.Size, weight_shape: torch.Size, *args: Any, **kwargs: Any) -> int:
+        return 2 * math.prod(input_shape[:-1]) * weight_shape[0] * weight_shape[1]
 
 
 def _plain_float32_cpu(weight: torch.Tensor) -> bool:
@@ -62,9 +72,6 @@ class PackedLinear(nn.Linear):
                 return torch.ops.mkldnn._linear_pointwise(input, packed, self.bias, "none", [], "")
         return F.linear(input, self.weight, self.bias)
 
-    # Packed outside inference mode: an inference tensor kept across calls could not be used by
-    # a later call that runs under plain no_grad.
-    @torch.inference_mode(False)
     def _packed_weight(self) -> torch.Tensor | None:
         global _available
         # In-place updates (an optimizer step, load_state_dict) bump the version; a new tensor
