@@ -2,19 +2,22 @@
 
 `F.linear` on CPU hands each float32 product to MKL's GEMM, which reorders the weight into
 its blocked working format on every call. oneDNN can do that reordering once
-(`torch.ops.mkldnn._reorder_linear_weight`, what `torch.compile` uses for frozen CPU models)
-and then multiply straight from the packed copy. On this project's CPU
-(`benchmarks/packed_linear.py`, the encoder's, pre-fusion's and LLM's shapes of
-`benchmarks/latency.py`) that is 5-10 % faster for a 600-row prompt, about 1.25 times at the
-41 rows of a LLaVA-Mini prompt, and 1.3-1.9 times at two to eight rows (a batch decoding); at
-one row it is slower than MKL's matrix-vector kernel, so single rows keep `F.linear`.
+(`torch.ops.mkldnn._reorder_linear_weight`) and then multiply straight from the packed copy. On this project's CPU
+(`benchmarks/packed_linear.py`: the shapes of `benchmarks/latency.py`'s model, CLIP ViT-L and
+Vicuna-7B, weights streamed from memory) the packed product is 1.11-1.23 times faster at 617
+rows (a LLaVA-1.5 prompt, pre-fusion's sequence), 1.25-1.96 times at 41 (a LLaVA-Mini prompt)
+and 1.05-2.6 times at two to eight rows (a batch decoding). At one row MKL's matrix-vector
+kernel is often faster (0.65-1.3 times), so single rows keep `F.linear`.
 
 `pack_linears` turns every plain `nn.Linear` with a float32 CPU weight into a `PackedLinear`
 in place (same Parameters, names and state dict); each packs its weight at its first call
 under no grad with two rows or more, and packs again when the weight changes. Anything else
 (training, gradients, other dtypes or devices, one row, `torch.compile` tracing) runs
 `F.linear` as before. The packed copies are extra memory, as much as the packed weights
-themselves. `train()` turns them back into `nn.Linear`s and frees the copies.
+themselves, and packing takes about 0.6 ms per MB once (about 16 s for Vicuna-7B in float32).
+`train()` turns them back into `nn.Linear`s and frees the copies. A weight changed through
+`.data` in place keeps its version, so its stale copy would stay: change weights under
+`torch.no_grad()` instead, or call `train()` (or `unpack_linears`) first.
 """
 
 from __future__ import annotations
