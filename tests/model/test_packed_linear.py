@@ -143,6 +143,15 @@ def test_a_changed_weight_is_packed_again():
         assert layer._packed is None
 
 
+def test_a_layer_made_under_inference_mode_packs():
+    with torch.inference_mode():  # as a converter or server may build a model
+        layer = nn.Linear(8, 16).eval()
+        pack_linears(layer)
+        x = torch.randn(4, 8)
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-6, rtol=0)
+    assert layer.weight.is_inference() and layer._packed is not None
+
+
 def test_only_plain_float32_linears_pack_and_unpack_undoes_it():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8).bfloat16(), nn.Bilinear(8, 8, 8))

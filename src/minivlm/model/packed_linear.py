@@ -17,7 +17,8 @@ under no grad with two rows or more, and packs again when the weight changes. An
 themselves, and packing takes about 0.6 ms per MB once (about 16 s for Vicuna-7B in float32).
 `train()` turns them back into `nn.Linear`s and frees the copies. A weight changed through
 `.data` in place keeps its version, so its stale copy would stay: change weights under
-`torch.no_grad()` instead, or call `train()` (or `unpack_linears`) first.
+`torch.no_grad()` instead, or call `train()` (or `unpack_linears`) first. Weights made under
+`torch.inference_mode()` track no version at all: the same holds for in-place changes to them.
 """
 
 from __future__ import annotations
@@ -78,12 +79,14 @@ class PackedLinear(nn.Linear):
     def _packed_weight(self) -> torch.Tensor | None:
         global _available
         # In-place updates (an optimizer step, load_state_dict) bump the version; a new tensor
-        # (Module.to, a layout change) has another address. Either way the copy is stale.
-        key = (self.weight.data_ptr(), self.weight._version)
+        # (Module.to, a layout change) has another address. Either way the copy is stale. A weight
+        # made under inference mode has no version, and can only change in place inside it.
+        weight = self.weight
+        key = (weight.data_ptr(), -1 if weight.is_inference() else weight._version)
         if self._packed is None or self._packed[0] != key:
             self._packed = None
             try:
-                self._packed = (key, torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), None))
+                self._packed = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None))
             except RuntimeError as error:
                 _available = False
                 logger.warning("oneDNN cannot pack linear weights here (%s); linears run F.linear", error)
