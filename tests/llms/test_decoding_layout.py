@@ -130,3 +130,22 @@ def test_weights_moved_under_inference_mode_still_train():
     logits, _ = llm(embeds)  # eval mode, weights still column-major: backward must work
     logits.square().sum().backward()
     assert embeds.grad.abs().sum() > 0 and head.grad.abs().sum() > 0
+
+
+def test_a_model_built_under_inference_mode_generates_with_the_layout_and_back(setup):
+    model, batch = setup
+    with torch.inference_mode():  # as a server (or decode.py) builds and runs a model
+        built = copy.deepcopy(model)
+        built.load_state_dict(model.state_dict())
+        out = generate(built, batch, 4, keep_scores=True)
+        head = built.llm.output_head.weight
+        assert head.is_inference() and column_major(head)
+        built.train()
+        assert row_major(built.llm)
+        built.eval()
+        again = generate(built, batch, 4, keep_scores=True)
+    want = generate(model, batch, 4, keep_scores=True)
+    for got in (out, again):
+        assert got.tokens.tolist() == want.tokens.tolist()
+        for a, b in zip(got.scores, want.scores, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)

@@ -41,22 +41,29 @@ def _wide_linears(module: nn.Module, float32_cpu_only: bool) -> Iterator[nn.Line
             yield layer
 
 
-# The copies are made outside inference mode even when generation runs inside it: an inference
-# tensor as a weight would make any later backward through the layer fail. Working on `.data`,
-# they are never recorded by autograd.
-@torch.inference_mode(False)
+def _relayout(layer: nn.Linear, column_major: bool) -> None:
+    """Copies `layer.weight`'s data into the layout asked for, in place. Working on `.data`, the
+    copy is never recorded by autograd."""
+    weight = layer.weight
+    # A weight made outside inference mode gets a normal copy even when generation runs inside
+    # it: an inference tensor as its data would make any later backward through the layer fail.
+    # A weight made inside inference mode (a model built or loaded under it) needs an inference
+    # copy: given normal data it has no version counter for it, and every product with it fails.
+    with torch.inference_mode(weight.is_inference()):
+        weight.data = weight.data.t().contiguous().t() if column_major else weight.data.contiguous()
+
+
 def to_decoding_layout(module: nn.Module) -> int:
     """Stores the weight of every wide float32 linear layer of `module` on CPU column-major, in
     place (see the module docstring); returns how many moved. Already moved weights stay."""
     moved = 0
     for layer in _wide_linears(module, float32_cpu_only=True):
         if layer.weight.is_contiguous():
-            layer.weight.data = layer.weight.data.t().contiguous().t()
+            _relayout(layer, column_major=True)
             moved += 1
     return moved
 
 
-@torch.inference_mode(False)
 def to_training_layout(module: nn.Module) -> int:
     """Undoes `to_decoding_layout`: every wide weight of `module` that is not row-major becomes
     row-major (contiguous) again, in place, whatever its dtype and device (`Module.to` keeps a
@@ -64,6 +71,6 @@ def to_training_layout(module: nn.Module) -> int:
     moved = 0
     for layer in _wide_linears(module, float32_cpu_only=False):
         if not layer.weight.is_contiguous():
-            layer.weight.data = layer.weight.data.contiguous()
+            _relayout(layer, column_major=False)
             moved += 1
     return moved

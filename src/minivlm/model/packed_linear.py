@@ -48,15 +48,6 @@ if _available:
         return 2 * math.prod(input_shape[:-1]) * weight_shape[0] * weight_shape[1]
 
 
-def _version(weight: torch.Tensor) -> int:
-    """The weight's version counter; -1 for a weight made under inference mode, which has none
-    (even after `.data` got a normal tensor) and can only change in place inside it."""
-    try:
-        return weight._version
-    except RuntimeError:
-        return -1
-
-
 def _plain_float32_cpu(weight: torch.Tensor) -> bool:
     """A float32 weight in CPU memory that is neither a DTensor nor another tensor subclass."""
     data = weight.data
@@ -88,9 +79,10 @@ class PackedLinear(nn.Linear):
     def _packed_weight(self) -> torch.Tensor | None:
         global _available
         # In-place updates (an optimizer step, load_state_dict) bump the version; a new tensor
-        # (Module.to, a layout change) has another address. Either way the copy is stale.
+        # (Module.to, a layout change) has another address. Either way the copy is stale. A weight
+        # made under inference mode has no version, and can only change in place inside it.
         weight = self.weight
-        key = (weight.data_ptr(), _version(weight))
+        key = (weight.data_ptr(), -1 if weight.is_inference() else weight._version)
         if self._packed is None or self._packed[0] != key:
             self._packed = None
             try:
