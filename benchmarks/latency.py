@@ -9,7 +9,8 @@ weights, float32.
 
     .venv/bin/python benchmarks/latency.py [--repeats 10] [--warmup 2] [--threads N]
 
-Besides the wall-clock time to first token, each row has the CPU time the process spent on a
+Besides the wall-clock time to first token, the baseline / Mini ratios are also given paired
+(the median of each round's ratio), and each row has the CPU time the process spent on a
 call (all threads; on a shared machine it is stretched less than wall time by other jobs) and
 its minor page faults (freshly allocated memory touched). Prints a table and writes
 benchmarks/results/latency.json.
@@ -198,9 +199,16 @@ def main() -> None:
             "gflops": round(flops[key] / 1e9, 2), "first_token": first_tokens[key],
         })
     by = {r["variant"]: r for r in rows}
+    # Paired: each round's baseline over the same round's Mini (they ran back to back), then the
+    # median; less moved by drift in machine speed over the run than a ratio of medians.
+    paired = {
+        impl: [b / m for b, m in zip(times[f"{impl} baseline"], times[f"{impl} mini"], strict=True)]
+        for impl in ("minivlm", "naive")
+    }
     ratios = {
         impl: {
             "time_ratio": round(by[f"{impl} baseline"]["ttft_ms"] / by[f"{impl} mini"]["ttft_ms"], 3),
+            "paired_time_ratio": round(statistics.median(paired[impl]), 3),
             "cpu_time_ratio": round(by[f"{impl} baseline"]["cpu_ms"] / by[f"{impl} mini"]["cpu_ms"], 3),
             "flops_ratio": round(flops[f"{impl} baseline"] / flops[f"{impl} mini"], 3),
         }
@@ -212,8 +220,10 @@ def main() -> None:
         print(f"{r['variant']:<18} {r['ttft_ms']:>9.1f} {r['min_ms']:>8.1f} {r['max_ms']:>8.1f} {r['cpu_ms']:>8.1f} "
               f"{r['page_faults']:>8} {r['gflops']:>8.2f} {r['first_token']:>12}")
     for impl, ratio in ratios.items():
-        print(f"{impl:<8} baseline / mini: time {ratio['time_ratio']:.3f}x, CPU time {ratio['cpu_time_ratio']:.3f}x, "
-              f"FLOPs {ratio['flops_ratio']:.2f}x")
+        print(f"{impl:<8} baseline / mini: time {ratio['time_ratio']:.3f}x, paired {ratio['paired_time_ratio']:.3f}x, "
+              f"CPU time {ratio['cpu_time_ratio']:.3f}x, FLOPs {ratio['flops_ratio']:.2f}x")
+    above = sum(m > n for m, n in zip(paired["minivlm"], paired["naive"], strict=True))
+    print(f"rounds where minivlm's baseline / Mini ratio is above the naive one: {above} of {options.repeats}")
     mini_vs_naive = by["minivlm mini"]["ttft_ms"] / by["naive mini"]["ttft_ms"]
     baseline_vs_naive = by["minivlm baseline"]["ttft_ms"] / by["naive baseline"]["ttft_ms"]
     print(f"minivlm / naive time: mini {mini_vs_naive:.3f}, baseline {baseline_vs_naive:.3f}")
@@ -226,7 +236,8 @@ def main() -> None:
         "repeats": options.repeats, "warmup": options.warmup, "torch_threads": torch.get_num_threads(),
         "rows": rows, "ratios": ratios, "minivlm_mini_over_naive_mini": round(mini_vs_naive, 3),
         "minivlm_baseline_over_naive_baseline": round(baseline_vs_naive, 3),
-        "same_first_token": same,
+        "same_first_token": same, "rounds_minivlm_ratio_above_naive": above,
+        "times_ms": {key: [round(t, 1) for t in ts] for key, ts in times.items()},
         "profiler_gflops": {k: round(v / 1e9, 2) for k, v in flops.items() if "profiler" in k},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "load_average_before": load_before, "load_average": os.getloadavg()},
