@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import shapes_processor, tiny_vlm
+from minivlm.hub.export import merge_lora
 from minivlm.model import MiniVLM
 from minivlm.model import packed_linear
 from minivlm.model.conversation import CachedConversation
@@ -107,6 +108,23 @@ def test_train_mode_brings_plain_linears_back_and_they_train_like_untouched_ones
         m(training).loss.backward()
     for (name, got), (_, want) in zip(model.named_parameters(), untouched.named_parameters(), strict=True):
         torch.testing.assert_close(got.grad, want.grad, atol=1e-6, rtol=0, msg=name)
+
+
+def test_merging_lora_adapters_after_generating_uses_the_merged_weights(setup):
+    from peft import LoraConfig, inject_adapter_in_model
+
+    model, batch = setup
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    inject_adapter_in_model(lora, model.llm.model)
+    model.eval()
+    with_adapters = generate(model, batch, 4, keep_scores=True)
+    assert any(name.endswith("base_layer") for name in packed(model))  # the adapters' base layers packed
+    assert merge_lora(model) == 2 * 2
+    merged = generate(model, batch, 4, keep_scores=True)
+    assert merged.tokens.tolist() == with_adapters.tokens.tolist()
+    for got, want in zip(merged.scores, with_adapters.scores, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
 def test_one_row_and_gradients_use_the_plain_product():

@@ -19,6 +19,7 @@ import torch
 import yaml
 from torch import nn
 
+from minivlm.model.packed_linear import unpack_linears
 from minivlm.model.vlm import MiniVLM
 from minivlm.model.weights import DEFAULT_MAX_SHARD_SIZE
 
@@ -52,6 +53,8 @@ def has_lora_adapters(model: nn.Module) -> bool:
 def merge_lora(model: nn.Module) -> int:
     """Folds every peft LoRA adapter into its base layer and puts the base layer back in its
     place; returns how many layers were merged."""
+    # peft adds the adapter to the base weight through `.data`, which a packed copy would not see.
+    unpack_linears(model)
     layers = list(_lora_layers(model))
     for name, layer in layers:
         layer.merge()
