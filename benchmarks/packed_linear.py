@@ -16,15 +16,12 @@ Prints a table and writes benchmarks/results/packed_linear.json.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from weight_layout import stream_options, write_results
 
 SHAPES = {  # (out_features, in_features): what it is
     (256, 256): "width-256 encoder attention", (1024, 256): "width-256 encoder fc1",
@@ -67,13 +64,7 @@ def measure(shape: tuple[int, int], rows: int, repeats: int, stream_bytes: float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--stream-mb", type=float, default=200.0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="benchmarks/results/packed_linear.json")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = stream_options(__doc__.splitlines()[0], "benchmarks/results/packed_linear.json")
     results = []
     print("| weight | shape | rows | F.linear ms | packed ms | F.linear / packed | pack ms (once) | rel. difference |")
     print("|---|---|---|---|---|---|---|---|")
@@ -83,14 +74,7 @@ def main() -> None:
             results.append(r)
             print(f"| {r['what']} | {shape[0]} × {shape[1]} | {rows} | {r['plain_ms']:.3f} | {r['packed_ms']:.3f} | "
                   f"{r['plain_over_packed']:.2f} | {r['pack_ms']:.2f} | {r['relative_difference']:.1e} |", flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({
-        "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(), "threads": args.threads, "repeats": args.repeats,
-        "stream_mb": args.stream_mb, "results": results,
-    }, indent=1))
-    print(f"wrote {args.out}")
-
+    write_results(args, results)
 
 if __name__ == "__main__":
     main()

@@ -60,14 +60,30 @@ def measure(shape: tuple[int, int], dtype: torch.dtype, rows: int, repeats: int,
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def stream_options(description: str, out: str) -> argparse.Namespace:
+    """The command line shared by the benchmarks that stream weights through matrix products."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--stream-mb", type=float, default=200.0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="benchmarks/results/weight_layout.json")
+    parser.add_argument("--out", default=out)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    return args
+
+
+def write_results(args: argparse.Namespace, results: list[dict]) -> None:
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({
+        "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(), "threads": args.threads, "repeats": args.repeats,
+        "stream_mb": args.stream_mb, "results": results,
+    }, indent=1))
+    print(f"wrote {args.out}")
+
+
+def main() -> None:
+    args = stream_options(__doc__.splitlines()[0], "benchmarks/results/weight_layout.json")
     cases = [(s, torch.float32) for s in SHAPES] + [(s, d) for d in (torch.bfloat16, torch.float16) for s in SMALL]
     results = []
     print("| weight | shape | dtype | rows | row-major ms | column-major ms | row / column | rel. difference |")
@@ -79,14 +95,7 @@ def main() -> None:
             print(f"| {r['what']} | {shape[0]} × {shape[1]} | {r['dtype']} | {rows} | {r['row_major_ms']:.3f} | "
                   f"{r['column_major_ms']:.3f} | {r['row_over_column']:.2f} | {r['relative_difference']:.1e} |",
                   flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({
-        "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(), "threads": args.threads, "repeats": args.repeats,
-        "stream_mb": args.stream_mb, "results": results,
-    }, indent=1))
-    print(f"wrote {args.out}")
-
+    write_results(args, results)
 
 if __name__ == "__main__":
     main()
