@@ -1,5 +1,5 @@
 """CPU float32 matrix products through `F.linear` (MKL, which reorders the weight on every call)
-against oneDNN with the weight packed once: the measurement behind `minivlm.packed_linear`.
+against oneDNN with the weight packed once: the measurement behind `minivlm.model.packed_linear`.
 
 Rows 1, 2 and 8 (decoding steps at batch 1, 2 and 8), 41 (a LLaVA-Mini prompt in
 `latency.py`: one vision token and 40 text tokens) and 617 (its pre-fusion sequence, or a

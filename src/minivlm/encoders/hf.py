@@ -19,7 +19,6 @@ from transformers import (
 )
 
 from minivlm.encoders.base import ImageSpec, VisionEncoder
-from minivlm.packed_linear import packed_mlp
 from minivlm.weights import checkpoint_files, has_meta_parameters, load_state, parameters_on_meta, read_tensors
 from minivlm.weights import resolve_checkpoint_dir
 
@@ -105,23 +104,17 @@ class _InPlaceMLP(nn.Module):
     tensor, the largest kind in the tower, and quick-GELU two more for its temporaries. In place,
     quick-GELU allocates one temporary and the GELUs none, which saves memory traffic, peak memory
     and, on CPU, page faults on freshly allocated memory. A forward hook on fc1 that keeps its
-    output sees the activated values in that case. At CPU inference with packed linears
-    (`minivlm.packed_linear`), with no hooks on fc1 or fc2, the whole block is two oneDNN products
-    with the activation applied inside the first (`packed_mlp`).
+    output sees the activated values in that case.
     """
 
-    def __init__(self, mlp: nn.Module, hidden_act: str) -> None:
+    def __init__(self, mlp: nn.Module, activation: Callable[[torch.Tensor], torch.Tensor]) -> None:
         super().__init__()
         self.fc1 = mlp.fc1
         self.activation_fn = mlp.activation_fn
         self.fc2 = mlp.fc2
-        self._hidden_act = hidden_act
-        self._activation_in_place = _IN_PLACE_ACTIVATIONS[hidden_act]
+        self._activation_in_place = activation
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        fused = packed_mlp(hidden, self.fc1, self.fc2, self._hidden_act)
-        if fused is not None:
-            return fused
         hidden = self.fc1(hidden)
         if torch.is_grad_enabled() and hidden.requires_grad:
             hidden = self.activation_fn(hidden)
@@ -132,10 +125,11 @@ class _InPlaceMLP(nn.Module):
 
 def _activations_in_place(model: PreTrainedModel, hidden_act: Any) -> None:
     """Gives every layer of the tower an `_InPlaceMLP` where its activation has an in-place form."""
-    if not isinstance(hidden_act, str) or hidden_act not in _IN_PLACE_ACTIVATIONS:
+    activation = _IN_PLACE_ACTIVATIONS.get(hidden_act) if isinstance(hidden_act, str) else None
+    if activation is None:
         return
     for layer in model.encoder.layers:
-        layer.mlp = _InPlaceMLP(layer.mlp, hidden_act)
+        layer.mlp = _InPlaceMLP(layer.mlp, activation)
 
 
 def _square(value: int | list[int] | tuple[int, ...], name: str) -> int:

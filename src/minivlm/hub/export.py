@@ -19,7 +19,7 @@ import torch
 import yaml
 from torch import nn
 
-from minivlm.packed_linear import unpack_linears
+from minivlm.model.packed_linear import unpack_linears
 from minivlm.model.vlm import MiniVLM
 from minivlm.model.weights import DEFAULT_MAX_SHARD_SIZE
 

@@ -58,41 +58,35 @@ class PackedLinear(nn.Linear):
     """An `nn.Linear` that multiplies through a oneDNN-packed copy of its weight at CPU inference
     (see the module docstring). Made by `pack_linears`; `train()` makes it an `nn.Linear` again."""
 
-    _packed: tuple[tuple[int, int, float], torch.Tensor] | None = None
+    _packed: tuple[tuple[int, int], torch.Tensor] | None = None
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        packed = self._packed_weight() if self.packs(input) else None
-        if packed is None:
-            return F.linear(input, self.weight, self.bias)
-        return torch.ops.mkldnn._linear_pointwise(input, packed, self.bias, "none", [], "")
-
-    def packs(self, input: torch.Tensor) -> bool:
-        """Whether a product with `input` runs packed (see the module docstring)."""
-        return (
+        if (
             _available
             and not self.training
             and not torch.is_grad_enabled()
             and not torch.compiler.is_compiling()
             and input.dtype == torch.float32
             and input.device.type == "cpu"
-            and input.numel() >= MIN_ROWS * input.shape[-1]
+            and input.numel() >= MIN_ROWS * self.in_features
             and _plain_float32_cpu(self.weight)
-        )
+        ):
+            packed = self._packed_weight()
+            if packed is not None:
+                return torch.ops.mkldnn._linear_pointwise(input, packed, self.bias, "none", [], "")
+        return F.linear(input, self.weight, self.bias)
 
-    def _packed_weight(self, scale: float = 1.0) -> torch.Tensor | None:
-        """The packed copy of `scale` × the weight, made or made again as needed; None (and packed
-        products off for the process, with a warning) where oneDNN cannot pack it."""
+    def _packed_weight(self) -> torch.Tensor | None:
         global _available
         # In-place updates (an optimizer step, load_state_dict) bump the version; a new tensor
         # (Module.to, a layout change) has another address. Either way the copy is stale. A weight
         # made under inference mode has no version, and can only change in place inside it.
         weight = self.weight
-        key = (weight.data_ptr(), -1 if weight.is_inference() else weight._version, scale)
+        key = (weight.data_ptr(), -1 if weight.is_inference() else weight._version)
         if self._packed is None or self._packed[0] != key:
             self._packed = None
-            source = weight.detach() if scale == 1.0 else weight.detach() * scale
             try:
-                self._packed = (key, torch.ops.mkldnn._reorder_linear_weight(source, None))
+                self._packed = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None))
             except RuntimeError as error:
                 _available = False
                 logger.warning("oneDNN cannot pack linear weights here (%s); linears run F.linear", error)
@@ -113,40 +107,6 @@ class PackedLinear(nn.Linear):
     def __getstate__(self) -> dict[str, Any]:
         # The packed copy is an opaque oneDNN tensor (no storage to copy or pickle) and is rebuilt on demand.
         return {k: v for k, v in super().__getstate__().items() if k != "_packed"}
-
-
-# Activations a packed product applies as it writes its output: `hidden_act` -> (oneDNN post-op,
-# its algorithm, scale). The post-op sees the product times the scale: quick-GELU, x·sigmoid(1.702x),
-# is swish(1.702x) / 1.702 (swish: y·sigmoid(y)), so the first weight and bias are packed times
-# 1.702 and the second weight divided by it.
-FUSED_ACTIVATIONS: dict[str, tuple[str, str, float]] = {
-    "quick_gelu": ("swish", "", 1.702), "gelu": ("gelu", "none", 1.0), "gelu_pytorch_tanh": ("gelu", "tanh", 1.0),
-}
-
-
-def _hooked(module: nn.Module) -> bool:
-    return bool(
-        module._forward_hooks or module._forward_pre_hooks
-        or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
-    )
-
-
-def packed_mlp(input: torch.Tensor, fc1: nn.Module, fc2: nn.Module, activation: str) -> torch.Tensor | None:
-    """`fc2(act(fc1(input)))` as two packed products with the activation (a `FUSED_ACTIVATIONS`
-    name) applied inside the first: no separate pass over the (rows, intermediate) activations.
-    None where that does not apply (the layers are not packed, the product would not run packed,
-    a forward hook is registered that the fused path would skip): the caller runs its own path."""
-    if activation not in FUSED_ACTIVATIONS or type(fc1) is not PackedLinear or type(fc2) is not PackedLinear:
-        return None
-    if not (fc1.packs(input) and fc2.packs(input)) or _hooked(fc1) or _hooked(fc2):
-        return None
-    post_op, algorithm, scale = FUSED_ACTIVATIONS[activation]
-    first, second = fc1._packed_weight(scale), fc2._packed_weight(1.0 / scale)
-    if first is None or second is None:
-        return None
-    bias = fc1.bias if fc1.bias is None or scale == 1.0 else fc1.bias * scale
-    hidden = torch.ops.mkldnn._linear_pointwise(input, first, bias, post_op, [], algorithm)
-    return torch.ops.mkldnn._linear_pointwise(hidden, second, fc2.bias, "none", [], "")
 
 
 def _unpack(layer: PackedLinear) -> None:
