@@ -180,11 +180,17 @@ def test_only_plain_float32_linears_pack_and_unpack_undoes_it():
     assert unpack_linears(model) == 1 and type(model[0]) is nn.Linear
 
 
-def test_opting_out_keeps_plain_linears(setup):
+def test_opting_out_keeps_plain_linears_and_unpacks_packed_ones(setup):
     model, batch = setup
-    model.cpu_packed_linears = False
+    fresh = copy.deepcopy(model)
+    fresh.cpu_packed_linears = False
+    generate(fresh, batch, 2)
+    assert not packed(fresh)
     generate(model, batch, 2)
-    assert not packed(model)
+    assert packed(model)
+    model.cpu_packed_linears = False  # opting out after generating, still in eval mode
+    generate(model, batch, 2)
+    assert not packed(model) and set(plain_linears(model)) == set(plain_linears(fresh))
 
 
 def test_a_packed_model_copies_pickles_and_saves(setup, tmp_path):

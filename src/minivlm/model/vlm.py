@@ -20,7 +20,7 @@ from minivlm.processing.images import normalise_pixels
 from minivlm.model import generation, pretrained
 from minivlm.model.generation import TokenStreamer
 from minivlm.model.decoding import CacheKind
-from minivlm.model.packed_linear import pack_linears
+from minivlm.model.packed_linear import pack_linears, unpack_linears
 from minivlm.model.weights import DEFAULT_MAX_SHARD_SIZE, empty_parameters, load_weights, save_weights
 from minivlm.model.loss import next_token_loss
 from minivlm.model.inputs import LLMInputs, splice_layout, splice_media, stitch_tiles
@@ -68,7 +68,8 @@ class MiniVLM(nn.Module):
     Generation calls `prepare_inference` first: in eval mode it makes the float32 CPU linear
     layers multiply through oneDNN-packed copies of their weights (`minivlm.model.packed_linear`:
     faster, at the cost of a second copy of those weights); `train()` undoes it. Set
-    `cpu_packed_linears = False` on an instance (or subclass) to keep plain linears.
+    `cpu_packed_linears = False` on an instance (or subclass) to keep plain linears (the next
+    generation then unpacks any packed before).
     """
 
     cpu_packed_linears: bool = True
@@ -285,8 +286,11 @@ class MiniVLM(nn.Module):
         return MiniVLMOutput(loss=loss, logits=logits, labels=inputs.labels, loss_sum=loss_sum, label_count=label_count)
 
     def prepare_inference(self) -> None:
-        """Packs the linears for CPU inference; see the class docstring. A no-op in train mode."""
-        if self.cpu_packed_linears and not self.training:
+        """Packs the linears for CPU inference (see the class docstring); a no-op in train mode.
+        With `cpu_packed_linears` False it unpacks any packed before."""
+        if not self.cpu_packed_linears:
+            unpack_linears(self)
+        elif not self.training:
             pack_linears(self)
 
     def generate(
