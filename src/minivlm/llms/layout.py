@@ -26,6 +26,12 @@ import torch
 from torch import nn
 
 
+def plain_float32_cpu(weight: torch.Tensor) -> bool:
+    """A float32 weight in CPU memory that is neither a DTensor nor another tensor subclass."""
+    data = weight.data
+    return type(data) is torch.Tensor and data.device.type == "cpu" and data.dtype == torch.float32
+
+
 def _wide_linears(module: nn.Module, float32_cpu_only: bool) -> Iterator[nn.Linear]:
     """The linear layers of `module` with more outputs than inputs whose weight is a plain tensor
     (not a DTensor, not on meta; with `float32_cpu_only`, a float32 CPU one) that no embedding
@@ -37,7 +43,7 @@ def _wide_linears(module: nn.Module, float32_cpu_only: bool) -> Iterator[nn.Line
         weight = layer.weight.data
         if type(weight) is not torch.Tensor or weight.device.type == "meta" or weight.data_ptr() in shared:
             continue
-        if not float32_cpu_only or (weight.device.type == "cpu" and weight.dtype == torch.float32):
+        if not float32_cpu_only or plain_float32_cpu(weight):
             yield layer
 
 

@@ -2,12 +2,12 @@
 
 `F.linear` on CPU hands each float32 product to MKL's GEMM, which reorders the weight into
 its blocked working format on every call. oneDNN can do that reordering once
-(`torch.ops.mkldnn._reorder_linear_weight`) and then multiply straight from the packed copy. On this project's CPU
-(`benchmarks/packed_linear.py`: the shapes of `benchmarks/latency.py`'s model, CLIP ViT-L and
-Vicuna-7B, weights streamed from memory) the packed product is 1.11-1.23 times faster at 617
-rows (a LLaVA-1.5 prompt, pre-fusion's sequence), 1.25-1.96 times at 41 (a LLaVA-Mini prompt)
-and 1.05-2.6 times at two to eight rows (a batch decoding). At one row MKL's matrix-vector
-kernel is often faster (0.65-1.3 times), so single rows keep `F.linear`.
+(`torch.ops.mkldnn._reorder_linear_weight`) and then multiply straight from the packed copy.
+On this project's CPU (`benchmarks/packed_linear.py`: the shapes of `benchmarks/latency.py`'s
+model, CLIP ViT-L and Vicuna-7B, weights streamed from memory) the packed product is 1.11-1.23
+times faster at 617 rows (a LLaVA-1.5 prompt, pre-fusion's sequence), 1.25-1.96 times at 41 (a
+LLaVA-Mini prompt) and 1.05-2.6 times at two to eight rows (a batch decoding). At one row MKL's
+matrix-vector kernel is often faster (0.65-1.3 times), so single rows keep `F.linear`.
 
 `pack_linears` turns every plain `nn.Linear` with a float32 CPU weight into a `PackedLinear`
 in place (same Parameters, names and state dict); each packs its weight at its first call
@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import register_flop_formula
 
+from minivlm.llms.layout import plain_float32_cpu
+
 logger = logging.getLogger(__name__)
 
 # Below this many rows MKL's matrix-vector kernel beats the packed product.
@@ -46,12 +48,6 @@ if _available:
     @register_flop_formula(torch.ops.mkldnn._linear_pointwise)
     def _packed_linear_flops(input_shape: torch.Size, weight_shape: torch.Size, *args: Any, **kwargs: Any) -> int:
         return 2 * math.prod(input_shape[:-1]) * weight_shape[0] * weight_shape[1]
-
-
-def _plain_float32_cpu(weight: torch.Tensor) -> bool:
-    """A float32 weight in CPU memory that is neither a DTensor nor another tensor subclass."""
-    data = weight.data
-    return type(data) is torch.Tensor and data.device.type == "cpu" and data.dtype == torch.float32
 
 
 class PackedLinear(nn.Linear):
@@ -69,7 +65,7 @@ class PackedLinear(nn.Linear):
             and input.dtype == torch.float32
             and input.device.type == "cpu"
             and input.numel() >= MIN_ROWS * self.in_features
-            and _plain_float32_cpu(self.weight)
+            and plain_float32_cpu(self.weight)
         ):
             packed = self._packed_weight()
             if packed is not None:
@@ -121,7 +117,7 @@ def pack_linears(module: nn.Module) -> int:
         return 0
     changed = 0
     for layer in module.modules():
-        if type(layer) is nn.Linear and _plain_float32_cpu(layer.weight):
+        if type(layer) is nn.Linear and plain_float32_cpu(layer.weight):
             layer.__class__ = PackedLinear
             changed += 1
     return changed
